@@ -1,0 +1,89 @@
+"""JSON Schema per topic and one AsyncAPI 3.0 document, for producers and consumers in any language."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from schemas.events import EVENT_TYPES, SCHEMA_VERSION
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    schemas: dict[str, dict[str, Any]] = {}
+    for cls in EVENT_TYPES:
+        schema = cls.model_json_schema(mode="serialization")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://singtome.dev/schemas/{cls.topic}/{SCHEMA_VERSION}.json"
+        schema["title"] = cls.topic
+        schemas[cls.topic] = schema
+    return schemas
+
+
+def asyncapi_document() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    from streams.topics import STAGES, dlq
+
+    consumed_by = {s.consumes: s.stage for s in STAGES.values()}
+    produced_by = {s.produces: s.stage for s in STAGES.values()}
+    for cls in EVENT_TYPES:
+        name = cls.__name__
+        messages[name] = {
+            "name": name,
+            "title": cls.topic,
+            "contentType": "application/json",
+            "payload": {"$ref": f"./{cls.topic}.schema.json"},
+            "bindings": {
+                "kafka": {
+                    "key": {"type": "string", "description": "The job id (ordering per job)."}
+                }
+            },
+        }
+        description = (cls.__doc__ or "").strip() or cls.topic
+        channels[cls.topic] = {
+            "address": cls.topic,
+            "description": description,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        stage = produced_by.get(cls.topic)
+        operations[f"publish_{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{cls.topic}"},
+            "summary": f"sent by the {stage} stage" if stage else "sent by every stage/backend",
+        }
+        if cls.topic in consumed_by:
+            dlq_topic = dlq(cls.topic)
+            channels[dlq_topic] = {
+                "address": dlq_topic,
+                "description": f"Originals of {cls.topic} messages that failed in the "
+                f"{consumed_by[cls.topic]} stage, unchanged, with headers singtome-error-code, "
+                "singtome-stage, singtome-retriable.",
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "singtome events",
+            "version": SCHEMA_VERSION,
+            "description": "Kafka topics of the singtome song-cover pipeline. Events carry S3 "
+            "object keys, never audio. Message key = job_id.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+def export(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for topic, schema in json_schemas().items():
+        path = directory / f"{topic}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    path = directory / "asyncapi.json"
+    path.write_text(json.dumps(asyncapi_document(), indent=2) + "\n")
+    written.append(path)
+    return written
