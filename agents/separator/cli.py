@@ -1,0 +1,39 @@
+"""Plain functions behind ``singtome separate`` (the CLI module wires them with typer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.separator.stage import SeparationParams, SeparationResult, separate
+from streams.settings import Settings, get_settings
+from streams.stage import ProgressFn
+
+
+def separate_command(
+    song: Path,
+    model: str | None = None,
+    out_dir: Path | None = None,
+    *,
+    skip: bool = False,
+    denoise_model: str | None = None,
+    dereverb_model: str | None = None,
+    karaoke_model: str | None = None,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> SeparationResult:
+    """Separate a local song file into FLAC stems.
+
+    ``model`` defaults to ``SINGTOME_SEPARATOR_MODEL``; ``out_dir`` to ``<song name>_stems`` beside
+    the song. Returns the stems written (the caller prints them).
+    """
+    settings = settings or get_settings()
+    song = Path(song)
+    params = SeparationParams(
+        model=model or settings.separator_model,
+        skip=skip,
+        denoise_model=denoise_model,
+        dereverb_model=dereverb_model,
+        karaoke_model=karaoke_model,
+    )
+    target = Path(out_dir) if out_dir is not None else song.with_name(f"{song.stem}_stems")
+    return separate(song, target, params, settings, progress)
