@@ -1,0 +1,539 @@
+"""The no-weights fallback voice: WORLD vocoder analysis, a learned voice profile, resynthesis.
+
+Used when no HuBERT/ContentVec checkpoint is configured, so the service converts voices out of the
+box. It is much simpler than RVC and sounds like it; events and logs name it ``'world'``.
+
+A :class:`VoiceProfile` holds what this backend can learn from a few minutes of someone's voice:
+
+* log-f0 mean and spread over voiced frames, to pick the octave the converted vocals sing in;
+* the long-term average spectral envelope of voiced frames (level-normalised, in dB on a fixed
+  frequency grid), which carries the formant positions and spectral tilt of the voice.
+
+Conversion analyses the vocals with WORLD (DIO + StoneMask or Harvest for f0, CheapTrick for the
+envelope, D4C for aperiodicity), shifts f0 by whole octaves toward the target (plus the requested
+transpose; the melody's intervals are kept exactly, so it stays in key with the accompaniment),
+maps each frame's envelope by a frequency warp and a smooth ratio filter fitted between the
+source's and the target's average envelopes, and resynthesises. Long vocals are processed in
+pieces cut at quiet points, so memory does not grow with the length of the song.
+
+Profiles are ``.npz`` files of plain arrays (``np.load(allow_pickle=False)``): nothing is
+executed when one is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from agents.converter.segments import quiet_cut_points, spans
+from streams.errors import StageError
+
+BACKEND = "world"
+PROFILE_KIND = "singtome-world-voice-profile"
+PROFILE_FORMAT = 1
+
+FRAME_PERIOD_MS = 5.0
+F0_FLOOR_HZ = 50.0
+F0_CEIL_HZ = 1100.0
+F0_METHODS = ("dio", "harvest")
+
+# Envelopes are stored on one fixed grid so profiles made from audio at any sample rate compare.
+GRID_HZ = np.linspace(0.0, 24000.0, 1025)
+# Per-frame level is measured here and removed, so loud and quiet passages weigh the shape alike.
+LEVEL_BAND_HZ = (100.0, 5000.0)
+# Frames quieter than the loudest by more than this are breath or bleed, not the voice.
+FRAME_FLOOR_DB = 40.0
+# Formant positions are compared where speech has most of its formant energy.
+WARP_BAND_HZ = (150.0, 6000.0)
+MAX_WARP = 1.25  # ~ the vocal-tract-length spread between adult voices
+WARP_STEPS = 61
+WARP_PENALTY = 2.0  # prefer no warp when the fit barely improves
+MAX_FILTER_DB = 12.0
+OCTAVE_LEAN = 0.25  # octaves; see key_shift_semitones
+FILTER_SMOOTH_HZ = 250.0
+
+# Pieces of about this length are analysed and synthesised at a time (bounded memory).
+PIECE_S = 15.0
+CUT_SEARCH_S = 2.0
+MARGIN_S = 0.2
+# D4C is the slowest analysis; aperiodicity is smooth in frequency, so 16 kHz is plenty.
+APERIODICITY_SR = 16000
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The profile
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VoiceProfile:
+    """What the WORLD backend knows about a voice (see the module docstring)."""
+
+    log_f0_mean: float
+    log_f0_std: float
+    envelope_db: np.ndarray  # mean level-normalised log envelope on GRID_HZ, dB
+    envelope_frames: np.ndarray  # voiced frames that reached each grid frequency
+    voiced_s: float
+
+    @property
+    def f0_mean_hz(self) -> float:
+        return float(math.exp(self.log_f0_mean)) if self.voiced_s > 0 else 0.0
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Through a handle, so numpy does not append a second ".npz".
+        with open(path, "wb") as handle:
+            np.savez(
+                handle,
+                kind=np.array(PROFILE_KIND),
+                format=np.array(PROFILE_FORMAT, dtype=np.int64),
+                grid_hz=GRID_HZ,
+                log_f0=np.array([self.log_f0_mean, self.log_f0_std], dtype=np.float64),
+                envelope_db=np.asarray(self.envelope_db, dtype=np.float64),
+                envelope_frames=np.asarray(self.envelope_frames, dtype=np.float64),
+                voiced_s=np.array(self.voiced_s, dtype=np.float64),
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> VoiceProfile:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise StageError("invalid_model", f"not a WORLD voice profile: {exc}") from None
+        if str(arrays.get("kind", "")) != PROFILE_KIND:
+            raise StageError("invalid_model", f"{Path(path).name} is not a WORLD voice profile")
+        if int(arrays.get("format", -1)) != PROFILE_FORMAT:
+            raise StageError(
+                "invalid_model", f"WORLD profile format {arrays.get('format')} is not supported"
+            )
+        grid = arrays.get("grid_hz")
+        envelope = arrays.get("envelope_db")
+        frames = arrays.get("envelope_frames")
+        log_f0 = arrays.get("log_f0")
+        if (
+            grid is None
+            or envelope is None
+            or frames is None
+            or log_f0 is None
+            or grid.shape != GRID_HZ.shape
+            or not np.allclose(grid, GRID_HZ)
+            or envelope.shape != GRID_HZ.shape
+            or frames.shape != GRID_HZ.shape
+            or log_f0.shape != (2,)
+            or not (np.all(np.isfinite(envelope)) and np.all(np.isfinite(log_f0)))
+        ):
+            raise StageError("invalid_model", f"{Path(path).name}: malformed WORLD voice profile")
+        return cls(
+            log_f0_mean=float(log_f0[0]),
+            log_f0_std=float(log_f0[1]),
+            envelope_db=envelope.astype(np.float64),
+            envelope_frames=frames.astype(np.float64),
+            voiced_s=float(arrays.get("voiced_s", 0.0)),
+        )
+
+
+def is_profile_file(path: str | Path) -> bool:
+    """True when ``path`` is a WORLD profile (by content, not by name)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "kind" in data.files and str(data["kind"]) == PROFILE_KIND
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+class EnvelopeStats:
+    """Running sums for a profile: log-f0 moments and the average envelope shape."""
+
+    def __init__(self) -> None:
+        self.envelope_sum = np.zeros_like(GRID_HZ)
+        self.envelope_frames = np.zeros_like(GRID_HZ)
+        self.log_f0_sum = 0.0
+        self.log_f0_sq_sum = 0.0
+        self.voiced_frames = 0
+
+    def add(self, f0: np.ndarray, envelope: np.ndarray, sr: int) -> None:
+        """Add frames: ``f0`` (Hz, 0 unvoiced) and their CheapTrick power envelopes at ``sr``."""
+        voiced = f0 > 0
+        if not voiced.any():
+            return
+        log_f0 = np.log(f0[voiced])
+        self.log_f0_sum += float(log_f0.sum())
+        self.log_f0_sq_sum += float(np.square(log_f0).sum())
+        self.voiced_frames += int(voiced.sum())
+
+        fft_size = (envelope.shape[1] - 1) * 2
+        bins_hz = np.arange(envelope.shape[1]) * sr / fft_size
+        decibels = 10.0 * np.log10(envelope[voiced] + 1e-16)
+        level = decibels[:, _band(bins_hz, LEVEL_BAND_HZ)].mean(axis=1)
+        loud = level >= level.max() - FRAME_FLOOR_DB
+        shape_sum = (decibels[loud] - level[loud, None]).sum(axis=0)
+        # Only frequencies this audio can hold (below its Nyquist) count toward the average.
+        reach = 0.98 * sr / 2 >= GRID_HZ
+        self.envelope_sum[reach] += np.interp(GRID_HZ[reach], bins_hz, shape_sum)
+        self.envelope_frames[reach] += int(loud.sum())
+
+    def profile(self, frame_period_ms: float = FRAME_PERIOD_MS) -> VoiceProfile:
+        n = self.voiced_frames
+        mean = self.log_f0_sum / n if n else 0.0
+        variance = self.log_f0_sq_sum / n - mean**2 if n else 0.0
+        envelope = np.divide(
+            self.envelope_sum,
+            self.envelope_frames,
+            out=np.zeros_like(self.envelope_sum),
+            where=self.envelope_frames > 0,
+        )
+        return VoiceProfile(
+            log_f0_mean=mean,
+            log_f0_std=math.sqrt(max(variance, 0.0)),
+            envelope_db=envelope,
+            envelope_frames=self.envelope_frames.copy(),
+            voiced_s=n * frame_period_ms / 1000.0,
+        )
+
+
+def _band(freqs_hz: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    return (freqs_hz >= band[0]) & (freqs_hz <= band[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# WORLD analysis in pieces
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameGrid:
+    """Cut positions must fall on WORLD frame times so the pieces' frames line up with the whole.
+
+    A frame lasts ``sr * 5 ms`` samples, which need not be whole (220.5 at 44.1 kHz); ``step`` is
+    the smallest whole number of samples holding a whole number of frames (``frames_per_step``).
+    """
+
+    sr: int
+    step: int
+    frames_per_step: int
+
+    @classmethod
+    def for_rate(cls, sr: int) -> FrameGrid:
+        per_frame = Fraction(sr) * Fraction(FRAME_PERIOD_MS) / 1000
+        return cls(sr=sr, step=per_frame.numerator, frames_per_step=per_frame.denominator)
+
+    @property
+    def hop(self) -> float:
+        return self.step / self.frames_per_step
+
+    def frame(self, sample: int) -> int:
+        return sample // self.step * self.frames_per_step
+
+    def times(self, frames: int) -> np.ndarray:
+        return np.arange(frames) * (FRAME_PERIOD_MS / 1000.0)
+
+
+def _f0(audio: np.ndarray, sr: int, method: str) -> np.ndarray:
+    import pyworld
+
+    if method == "harvest":
+        f0, _ = pyworld.harvest(
+            audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
+        )
+        return np.asarray(f0)
+    f0, times = pyworld.dio(
+        audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
+    )
+    return np.asarray(pyworld.stonemask(audio, f0, times, sr))
+
+
+def _fit_frames(values: np.ndarray, frames: int) -> np.ndarray:
+    if len(values) >= frames:
+        return values[:frames]
+    pad = [(0, frames - len(values))] + [(0, 0)] * (values.ndim - 1)
+    return np.pad(values, pad, mode="edge" if len(values) else "constant")
+
+
+@dataclass
+class _Pieces:
+    """The padded signal and its quiet-point pieces, with context margins for each."""
+
+    audio: np.ndarray  # float64, padded to a whole number of steps
+    length: int  # samples of the original audio
+    grid: FrameGrid
+    pieces: list[tuple[int, int]]
+    margin: int
+
+    @classmethod
+    def split(cls, audio: np.ndarray, sr: int) -> _Pieces:
+        grid = FrameGrid.for_rate(sr)
+        signal = np.asarray(audio, dtype=np.float64)
+        if signal.ndim > 1:
+            signal = signal.mean(axis=1)
+        length = len(signal)
+        padded_length = max(1, math.ceil(length / grid.step)) * grid.step
+        signal = np.pad(signal, (0, padded_length - length))
+        cuts = quiet_cut_points(
+            signal,
+            every=int(PIECE_S * sr),
+            search=int(CUT_SEARCH_S * sr),
+            window=max(1, int(0.02 * sr)),
+            align=grid.step,
+        )
+        margin = math.ceil(MARGIN_S * sr / grid.step) * grid.step
+        return cls(signal, length, grid, spans(padded_length, cuts), margin)
+
+    @property
+    def total_frames(self) -> int:
+        return self.grid.frame(len(self.audio)) + 1
+
+    def context(self, start: int, end: int) -> tuple[int, int]:
+        return max(0, start - self.margin), min(len(self.audio), end + self.margin)
+
+
+def analyse_f0_and_envelope(
+    audio: np.ndarray,
+    sr: int,
+    stats: EnvelopeStats,
+    f0_method: str = "dio",
+    progress: ProgressFn = _no_progress,
+) -> np.ndarray:
+    """f0 of ``audio`` (Hz per 5 ms frame) while adding its envelope statistics to ``stats``.
+
+    Works piece by piece, so a long recording never holds its whole spectrogram in memory.
+    """
+    if f0_method not in F0_METHODS:
+        raise ValueError(f"WORLD f0 method must be one of {F0_METHODS}")
+    return _analyse(_Pieces.split(audio, sr), sr, stats, f0_method, progress)
+
+
+def _analyse(
+    split: _Pieces,
+    sr: int,
+    stats: EnvelopeStats,
+    f0_method: str,
+    progress: ProgressFn,
+) -> np.ndarray:
+    import pyworld
+
+    grid = split.grid
+    f0 = np.zeros(split.total_frames)
+    last = len(split.audio)
+    for index, (start, end) in enumerate(split.pieces):
+        low, high = split.context(start, end)
+        segment = np.ascontiguousarray(split.audio[low:high])
+        frames = grid.frame(high - low) + 1
+        segment_f0 = _fit_frames(_f0(segment, sr, f0_method), frames)
+        first = grid.frame(start - low)
+        count = grid.frame(end - start) + (1 if end == last else 0)
+        own_f0 = segment_f0[first : first + count]
+        f0[grid.frame(start) : grid.frame(start) + count] = own_f0
+        if np.any(own_f0 > 0):
+            envelope = pyworld.cheaptrick(segment, segment_f0, grid.times(frames), sr)
+            stats.add(own_f0, envelope[first : first + count], sr)
+        progress((index + 1) / len(split.pieces), "analysing pitch and timbre")
+    return f0
+
+
+# --------------------------------------------------------------------------------------------------
+# Mapping one voice onto another
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvelopeMap:
+    """Frequency warp (``> 1`` moves formants up) then a smooth gain in dB on GRID_HZ."""
+
+    warp: float
+    filter_db: np.ndarray
+
+    @classmethod
+    def identity(cls) -> EnvelopeMap:
+        return cls(1.0, np.zeros_like(GRID_HZ))
+
+    def apply(self, envelope: np.ndarray, sr: int) -> np.ndarray:
+        """Map CheapTrick power envelopes ``(frames, bins)`` at ``sr``."""
+        bins = envelope.shape[1]
+        fft_size = (bins - 1) * 2
+        bins_hz = np.arange(bins) * sr / fft_size
+        log_envelope = np.log(envelope + 1e-16)
+        if self.warp != 1.0:
+            position = np.clip(np.arange(bins) / self.warp, 0, bins - 1)
+            below = np.minimum(position.astype(int), bins - 2)
+            weight = position - below
+            log_envelope = (
+                log_envelope[:, below] * (1 - weight) + log_envelope[:, below + 1] * weight
+            )
+        gain = np.interp(bins_hz, GRID_HZ, self.filter_db) * (math.log(10.0) / 10.0)
+        return np.exp(log_envelope + gain[None, :])
+
+
+def _warped(values: np.ndarray, warp: float) -> np.ndarray:
+    return np.interp(GRID_HZ / warp, GRID_HZ, values)
+
+
+def fit_envelope_map(source: VoiceProfile, target: VoiceProfile) -> EnvelopeMap:
+    """The warp and residual filter that move the source's average envelope onto the target's."""
+    reach = (source.envelope_frames > 0) & (target.envelope_frames > 0)
+    band = reach & _band(GRID_HZ, WARP_BAND_HZ)
+    if band.sum() < 16:
+        return EnvelopeMap.identity()
+    # Errors are weighted per octave (1/f), and level and tilt differences are left to the
+    # filter: the warp should explain formant positions only.
+    weights = 1.0 / GRID_HZ[band]
+    design = np.stack([np.ones(band.sum()), np.log(GRID_HZ[band])], axis=1)
+    sqrt_w = np.sqrt(weights)[:, None]
+    best_warp, best_error = 1.0, math.inf
+    for warp in np.geomspace(1.0 / MAX_WARP, MAX_WARP, WARP_STEPS):
+        difference = _warped(source.envelope_db, warp)[band] - target.envelope_db[band]
+        coef, *_ = np.linalg.lstsq(design * sqrt_w, difference * sqrt_w[:, 0], rcond=None)
+        residual = difference - design @ coef
+        error = float(np.sum(weights * residual**2) / np.sum(weights))
+        error += WARP_PENALTY * math.log(warp) ** 2 * 100.0
+        if error < best_error:
+            best_warp, best_error = float(warp), error
+
+    warped_source = _warped(source.envelope_db, best_warp)
+    warped_reach = reach & (_warped(source.envelope_frames, best_warp) > 0)
+    raw = np.where(warped_reach, target.envelope_db - warped_source, 0.0)
+    width = max(1, round(FILTER_SMOOTH_HZ / float(GRID_HZ[1] - GRID_HZ[0])))
+    kernel = np.ones(width) / width
+    smooth = np.convolve(raw, kernel, mode="same") / np.maximum(
+        np.convolve(warped_reach.astype(float), kernel, mode="same"), 1e-9
+    )
+    filter_db = np.where(warped_reach, np.clip(smooth, -MAX_FILTER_DB, MAX_FILTER_DB), 0.0)
+    # Keep the overall loudness: zero mean gain, weighted by where the source has its energy.
+    power = np.where(warped_reach, 10.0 ** (warped_source / 10.0), 0.0)
+    if power.sum() > 0:
+        filter_db -= 10.0 * math.log10(
+            float(np.sum(power * 10.0 ** (filter_db / 10.0)) / power.sum())
+        )
+    return EnvelopeMap(best_warp, filter_db)
+
+
+def key_shift_semitones(
+    source: VoiceProfile, target: VoiceProfile, f0_up_key: int, auto_key: bool
+) -> int:
+    """Semitones to move the vocals: the requested transpose plus, when ``auto_key``, the whole
+    octaves that bring their average pitch toward the target voice's.
+
+    Only octaves are added automatically because the vocals are mixed back over an accompaniment
+    that is not transposed: any other interval would put the singer out of key. The octave count
+    leans toward fewer shifts by :data:`OCTAVE_LEAN` because people sing higher than they speak
+    and a profile is often learned from speech.
+    """
+    if not auto_key or source.voiced_s <= 0 or target.voiced_s <= 0:
+        return f0_up_key
+    transposed = source.log_f0_mean + f0_up_key * math.log(2.0) / 12.0
+    distance = (target.log_f0_mean - transposed) / math.log(2.0)
+    octaves = int(math.copysign(math.floor(abs(distance) + 0.5 - OCTAVE_LEAN), distance))
+    return f0_up_key + 12 * octaves
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def _aperiodicity(
+    segment: np.ndarray, f0: np.ndarray, times: np.ndarray, sr: int, bins: int
+) -> np.ndarray:
+    import pyworld
+
+    ap_sr = APERIODICITY_SR
+    if sr <= ap_sr:
+        return np.asarray(pyworld.d4c(segment, f0, times, sr, fft_size=(bins - 1) * 2))
+    low = _resample(segment, sr, ap_sr)
+    coarse = np.asarray(pyworld.d4c(low, f0, times, ap_sr))
+    # Spread the 16 kHz analysis over the full band; above 8 kHz the last value holds (voices are
+    # almost fully aperiodic there anyway).
+    coarse_hz = np.arange(coarse.shape[1]) * ap_sr / ((coarse.shape[1] - 1) * 2)
+    target_hz = np.arange(bins) * sr / ((bins - 1) * 2)
+    position = np.interp(target_hz, coarse_hz, np.arange(coarse.shape[1]))
+    below = np.minimum(position.astype(int), coarse.shape[1] - 2)
+    weight = position - below
+    return np.ascontiguousarray(coarse[:, below] * (1 - weight) + coarse[:, below + 1] * weight)
+
+
+def _resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    factor = math.gcd(sr_in, sr_out)
+    return np.ascontiguousarray(resample_poly(audio, sr_out // factor, sr_in // factor))
+
+
+def convert_world(
+    vocals: np.ndarray,
+    sr: int,
+    profile: VoiceProfile,
+    f0_up_key: int = 0,
+    auto_key: bool = True,
+    progress: ProgressFn = _no_progress,
+    f0_method: str = "dio",
+) -> np.ndarray:
+    """Vocals (mono, or ``(samples, channels)`` mixed to mono) sung in the profile's voice.
+
+    Returns mono float32 at ``sr``, the same length as the input.
+    """
+    import pyworld
+
+    if f0_method not in F0_METHODS:
+        raise ValueError(f"WORLD f0 method must be one of {F0_METHODS}")
+    split = _Pieces.split(vocals, sr)
+    stats = EnvelopeStats()
+    f0 = _analyse(split, sr, stats, f0_method, lambda f, m: progress(0.4 * f, m))
+    source = stats.profile()
+    semitones = key_shift_semitones(source, profile, f0_up_key, auto_key)
+    mapping = fit_envelope_map(source, profile)
+    ratio = 2.0 ** (semitones / 12.0)
+
+    grid = split.grid
+    out = np.zeros(len(split.audio))
+    for index, (start, end) in enumerate(split.pieces):
+        low, high = split.context(start, end)
+        segment = np.ascontiguousarray(split.audio[low:high])
+        segment_f0 = np.ascontiguousarray(f0[grid.frame(low) : grid.frame(high) + 1])
+        times = grid.times(len(segment_f0))
+        envelope = pyworld.cheaptrick(segment, segment_f0, times, sr)
+        aperiodicity = _aperiodicity(segment, segment_f0, times, sr, envelope.shape[1])
+        mapped = np.ascontiguousarray(mapping.apply(envelope, sr))
+        voice = pyworld.synthesize(segment_f0 * ratio, mapped, aperiodicity, sr, FRAME_PERIOD_MS)
+        voice = _fit_frames(np.asarray(voice), high - low)
+        out[start:end] = voice[start - low : end - low]
+        progress(0.4 + 0.6 * (index + 1) / len(split.pieces), "resynthesising in the target voice")
+
+    out = out[: split.length]
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    if peak > 0.99:
+        out *= 0.99 / peak
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WorldReport:
+    """What a WORLD conversion decided, for logs and metrics."""
+
+    semitones: int
+    warp: float
+
+
+def plan_world(
+    vocals: np.ndarray, sr: int, profile: VoiceProfile, f0_up_key: int = 0, auto_key: bool = True
+) -> WorldReport:
+    """The key shift and warp :func:`convert_world` would choose (analysis only)."""
+    stats = EnvelopeStats()
+    analyse_f0_and_envelope(vocals, sr, stats)
+    source = stats.profile()
+    return WorldReport(
+        semitones=key_shift_semitones(source, profile, f0_up_key, auto_key),
+        warp=fit_envelope_map(source, profile).warp,
+    )

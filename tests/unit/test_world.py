@@ -1,0 +1,245 @@
+"""The WORLD fallback voice: profiles, key matching, envelope mapping, conversion in pieces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.trainer.profile import learn_profile
+from agents.voice import world
+from agents.voice.world import (
+    GRID_HZ,
+    EnvelopeMap,
+    EnvelopeStats,
+    VoiceProfile,
+    analyse_f0_and_envelope,
+    convert_world,
+    fit_envelope_map,
+    key_shift_semitones,
+    plan_world,
+)
+from streams.errors import StageError
+from tests.audio_synth import F0_HOP_S, resample, speech_voice, sung_vocal, write
+
+SR = 44100
+
+pyworld = pytest.importorskip("pyworld")
+
+
+@pytest.fixture(scope="module")
+def target_profile(tmp_path_factory: pytest.TempPathFactory) -> VoiceProfile:
+    """A profile learned from two recordings of espeak's 'en+f2' voice (different sentences)."""
+    folder = tmp_path_factory.mktemp("dataset")
+    files = [
+        write(folder / "take1.wav", speech_voice(8.0, SR, voice="en+f2", seed=1), SR),
+        # A lower-rate file: its missing top octave must not count as silence in the profile.
+        write(folder / "take2.flac", speech_voice(8.0, 22050, voice="en+f2", seed=5), 22050),
+    ]
+    return learn_profile(files)
+
+
+def _profile(log_f0_mean: float, envelope_db: np.ndarray | None = None) -> VoiceProfile:
+    envelope = np.zeros_like(GRID_HZ) if envelope_db is None else envelope_db
+    return VoiceProfile(
+        log_f0_mean=log_f0_mean,
+        log_f0_std=0.1,
+        envelope_db=envelope,
+        envelope_frames=np.full_like(GRID_HZ, 100.0),
+        voiced_s=10.0,
+    )
+
+
+def _cents_error(audio: np.ndarray, sr: int, f0_ref: np.ndarray, semitones: int) -> np.ndarray:
+    """Cents between the f0 heard in ``audio`` (Harvest) and ``f0_ref`` moved by ``semitones``,
+    on frames voiced in both."""
+    audio16k = resample(audio, sr, 16000).astype(np.float64)
+    heard, _ = pyworld.harvest(
+        audio16k, 16000, f0_floor=50.0, f0_ceil=1100.0, frame_period=F0_HOP_S * 1000
+    )
+    n = min(len(heard), len(f0_ref))
+    expected = f0_ref[:n] * 2.0 ** (semitones / 12.0)
+    both = (heard[:n] > 0) & (expected > 0)
+    assert both.mean() > 0.4, "too few voiced frames to judge the melody"
+    return 1200.0 * np.log2(heard[:n][both] / expected[both])
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile file
+# --------------------------------------------------------------------------------------------------
+
+
+def test_profile_learned_from_dataset(target_profile: VoiceProfile) -> None:
+    # espeak's 'en+f2' speaks around 190 Hz.
+    assert 140.0 < target_profile.f0_mean_hz < 260.0
+    assert target_profile.voiced_s > 5.0
+    # Frequencies above 11 kHz come from the 44.1 kHz take only.
+    low = target_profile.envelope_frames[GRID_HZ < 10000]
+    high = target_profile.envelope_frames[(GRID_HZ > 11500) & (GRID_HZ < 21000)]
+    assert low.min() > high.max() > 0
+    assert target_profile.envelope_frames[GRID_HZ > 22000].max() == 0
+
+
+def test_profile_round_trip(target_profile: VoiceProfile, tmp_path: Path) -> None:
+    path = target_profile.save(tmp_path / "profile.npz")
+    assert path.name == "profile.npz"
+    assert world.is_profile_file(path)
+    loaded = VoiceProfile.load(path)
+    assert loaded.log_f0_mean == pytest.approx(target_profile.log_f0_mean)
+    np.testing.assert_allclose(loaded.envelope_db, target_profile.envelope_db)
+    np.testing.assert_allclose(loaded.envelope_frames, target_profile.envelope_frames)
+
+
+def test_profile_refuses_pickles_and_other_files(tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled.npz"
+    with open(pickled, "wb") as handle:
+        np.savez(handle, kind=np.array([{"x": 1}], dtype=object))
+    other = tmp_path / "other.npz"
+    with open(other, "wb") as handle:
+        np.savez(handle, weights=np.zeros(3))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    for path in (pickled, other, garbage):
+        assert not world.is_profile_file(path)
+        with pytest.raises(StageError) as caught:
+            VoiceProfile.load(path)
+        assert caught.value.code == "invalid_model"
+
+
+def test_learn_profile_rejects_empty_and_unvoiced_datasets(tmp_path: Path) -> None:
+    with pytest.raises(StageError) as caught:
+        learn_profile([])
+    assert caught.value.code == "dataset_empty"
+    noise = np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32) * 0.01
+    with pytest.raises(StageError) as caught:
+        learn_profile([write(tmp_path / "noise.wav", noise, SR)])
+    assert caught.value.code == "dataset_too_short"
+
+
+# --------------------------------------------------------------------------------------------------
+# The decisions: key and envelope map
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source_hz", "target_hz", "f0_up_key", "expected"),
+    [
+        (300.0, 120.0, 0, -12),  # a woman's song, a man's voice: one octave down
+        (150.0, 330.0, 0, 12),  # and the other way
+        (300.0, 200.0, 0, 0),  # 0.58 octave apart: people sing higher than they speak
+        (350.0, 110.0, 0, -12),  # 1.67 octaves: still one octave (lean toward fewer)
+        (300.0, 120.0, -12, -12),  # the user already moved it down: nothing added
+        (300.0, 120.0, 2, -10),  # the user's transpose is kept, octaves added
+    ],
+)
+def test_key_shift_is_whole_octaves_plus_transpose(
+    source_hz: float, target_hz: float, f0_up_key: int, expected: int
+) -> None:
+    source, target = _profile(math.log(source_hz)), _profile(math.log(target_hz))
+    assert key_shift_semitones(source, target, f0_up_key, auto_key=True) == expected
+    assert key_shift_semitones(source, target, f0_up_key, auto_key=False) == f0_up_key
+
+
+def test_envelope_map_recovers_a_formant_warp() -> None:
+    # A smooth envelope with formant-like bumps, and the same voice with formants 12% higher.
+    def envelope(scale: float) -> np.ndarray:
+        bumps = sum(
+            20.0 * np.exp(-0.5 * ((GRID_HZ - f * scale) / (80.0 + 0.05 * f)) ** 2)
+            for f in (500.0, 1500.0, 2500.0, 3500.0)
+        )
+        return bumps - 6.0 * np.log2(1.0 + GRID_HZ / 500.0)
+
+    source, target = _profile(5.0, envelope(1.0)), _profile(5.0, envelope(1.12))
+    mapping = fit_envelope_map(source, target)
+    assert mapping.warp == pytest.approx(1.12, rel=0.02)
+    assert fit_envelope_map(source, source).warp == pytest.approx(1.0)
+
+    # Applied to frames of the source, the average lands near the target within the band.
+    sr, bins = 16000, 513
+    bins_hz = np.arange(bins) * sr / 1024
+    frames = np.tile(10.0 ** (np.interp(bins_hz, GRID_HZ, envelope(1.0)) / 10.0), (4, 1))
+    mapped_db = 10.0 * np.log10(mapping.apply(frames, sr)[0])
+    band = (bins_hz > 300) & (bins_hz < 5000)
+    wanted = np.interp(bins_hz, GRID_HZ, envelope(1.12))
+    before = np.interp(bins_hz, GRID_HZ, envelope(1.0))
+    offset = np.mean(mapped_db[band] - wanted[band])
+    error_after = np.abs(mapped_db[band] - wanted[band] - offset).mean()
+    error_before = np.abs(before[band] - wanted[band] - np.mean(before[band] - wanted[band])).mean()
+    assert error_after < 0.3 * error_before
+    # Identity map leaves frames alone.
+    np.testing.assert_allclose(EnvelopeMap.identity().apply(frames, sr), frames, rtol=1e-6)
+
+
+def test_analysis_in_pieces_matches_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    audio, _ = sung_vocal(5.0, SR, seed=2)
+    whole = analyse_f0_and_envelope(audio, SR, EnvelopeStats())
+    monkeypatch.setattr(world, "PIECE_S", 1.0)
+    monkeypatch.setattr(world, "CUT_SEARCH_S", 0.3)
+    pieces = analyse_f0_and_envelope(audio, SR, EnvelopeStats())
+    assert pieces.shape == whole.shape
+    # Same frame grid: DIO agrees with itself except for a few frames near the cuts.
+    agree = np.isclose(pieces, whole, rtol=0.02) | ((pieces == 0) & (whole == 0))
+    assert agree.mean() > 0.95
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def test_conversion_moves_the_voice_toward_the_target(target_profile: VoiceProfile) -> None:
+    resemblyzer = pytest.importorskip("resemblyzer")
+    encoder = resemblyzer.VoiceEncoder(device="cpu", verbose=False)
+
+    def embedding(audio: np.ndarray) -> np.ndarray:
+        wav = resemblyzer.preprocess_wav(resample(audio, SR, 16000), source_sr=16000)
+        return np.asarray(encoder.embed_utterance(wav))
+
+    source = speech_voice(6.0, SR, voice="en+m3", seed=3)
+    held_out_target = speech_voice(6.0, SR, voice="en+f2", seed=2)
+    converted = convert_world(source, SR, target_profile)
+    assert converted.shape == source.shape
+    assert converted.dtype == np.float32
+    reference = embedding(held_out_target)
+    before = float(reference @ embedding(source))
+    after = float(reference @ embedding(converted))
+    assert after > before + 0.05, (before, after)
+
+
+@pytest.mark.parametrize(("f0_up_key", "auto_key"), [(0, True), (3, False)])
+def test_conversion_keeps_the_melody(
+    target_profile: VoiceProfile, f0_up_key: int, auto_key: bool
+) -> None:
+    vocals, f0_sung = sung_vocal(4.0, SR, voice="en+m3", seed=4)
+    plan = plan_world(vocals, SR, target_profile, f0_up_key, auto_key)
+    assert plan.semitones % 12 == f0_up_key % 12
+    converted = convert_world(vocals, SR, target_profile, f0_up_key, auto_key)
+    cents = _cents_error(converted, SR, f0_sung, plan.semitones)
+    assert np.median(np.abs(cents)) < 50.0
+
+
+def test_long_vocals_are_converted_in_pieces(
+    target_profile: VoiceProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(world, "PIECE_S", 1.0)
+    monkeypatch.setattr(world, "CUT_SEARCH_S", 0.3)
+    vocals, f0_sung = sung_vocal(4.0, SR, voice="en+m3", seed=6)
+    seen: list[float] = []
+    converted = convert_world(
+        vocals, SR, target_profile, 2, auto_key=False, progress=lambda f, _: seen.append(f)
+    )
+    assert len(converted) == len(vocals)
+    assert len(seen) >= 6 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    cents = _cents_error(converted, SR, f0_sung, 2)
+    assert np.median(np.abs(cents)) < 50.0
+    # No gaps at the joins: every 50 ms window where the source sings has sound in the output.
+    window = SR // 20
+    loud = (
+        lambda x: np.sqrt(  # noqa: E731
+            np.mean(x[: len(x) // window * window].reshape(-1, window) ** 2, axis=1)
+        )
+    )
+    singing = loud(vocals) > 0.05
+    assert np.all(loud(converted)[singing] > 0.01)
