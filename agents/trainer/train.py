@@ -1,0 +1,335 @@
+"""Train an RVC voice model on a prepared experiment directory (RVC WebUI's v2 recipe).
+
+Per batch: a discriminator step (LSGAN), then a generator step with
+``45 × mel-L1 + 1 × KL + feature matching + adversarial``; AdamW (lr 1e-4, betas 0.8/0.99,
+eps 1e-9) for both nets, learning rate × 0.999875 after every epoch. fp32 on CPU, fp16 autocast
+with a gradient scaler on CUDA. Training checkpoints (``G_<step>.pth``/``D_<step>.pth``) are
+written to ``exp_dir`` every ``save_every`` epochs and at the end; a later call with the same
+``exp_dir`` resumes from the newest pair. The result is exported as a public-format RVC
+inference model.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from agents.trainer.data import Batch, VoiceDataset, collate
+from agents.trainer.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from agents.voice.checkpoint import (
+    Precision,
+    PretrainedLoadReport,
+    latest_training_checkpoint,
+    load_pretrained,
+    load_training_checkpoint,
+    save_inference_model,
+    save_training_checkpoint,
+    training_checkpoints,
+)
+from agents.voice.configs import ModelSize, RVCConfig, SampleRateName, Version, get_config
+from agents.voice.discriminator import MultiPeriodDiscriminator
+from agents.voice.modules.commons import slice_segments
+from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
+from agents.voice.synthesizer import Synthesizer, build_synthesizer
+from streams.logging import get_logger
+
+log = get_logger()
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class TrainConfig:
+    sample_rate: SampleRateName = "40k"
+    version: Version = "v2"
+    f0: bool = True
+    epochs: int = 20
+    batch_size: int = 4
+    save_every: int = 5  # epochs between training checkpoints
+    pretrained_g: Path | None = None  # e.g. f0G40k.pth (v2)
+    pretrained_d: Path | None = None  # e.g. f0D40k.pth (v2)
+    seed: int = 1234
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    model_size: ModelSize = "full"  # "tiny" only for tests and benchmarks
+    model_name: str = "voice"  # the exported model is exp_dir / f"{model_name}.pth"
+    max_frames: int = 900  # longest window per utterance (9 s), as RVC's bucket sampler
+    keep_checkpoints: int = 2  # newest G/D pairs kept on disk
+    export_precision: Precision = "fp16"
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    steps: int
+    seconds: float
+    learning_rate: float
+    loss_mel: float
+    loss_kl: float
+    loss_fm: float
+    loss_gen: float
+    loss_disc: float
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    final_epoch: int
+    global_step: int
+    resumed_from_epoch: int  # 0 for a fresh start
+    metrics: dict[str, float]  # averages over the last epoch trained in this call
+    history: list[EpochMetrics] = field(default_factory=list)
+    step_mel_losses: list[float] = field(default_factory=list)  # unweighted mel L1 per step
+    pretrained: list[PretrainedLoadReport] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class _Trainer:
+    """The two networks, their optimisers and what one step needs."""
+
+    config: RVCConfig
+    net_g: Synthesizer
+    net_d: MultiPeriodDiscriminator
+    optim_g: torch.optim.Optimizer
+    optim_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda"
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        hp = self.config.train
+        audio = self.config.audio
+        segment_frames = self.net_g.segment_frames
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out = self.net_g(
+                batch.phone,
+                batch.phone_lengths,
+                batch.pitch,
+                batch.pitchf,
+                batch.spec,
+                batch.spec_lengths,
+                batch.sid,
+            )
+            with torch.autocast(self.device.type, enabled=False):
+                real_mel = slice_segments(
+                    spec_to_mel(batch.spec.float(), audio), out.ids_slice, segment_frames
+                )
+                fake_mel = mel_spectrogram(out.audio.float().squeeze(1), audio)
+            real_wave = slice_segments(
+                batch.wave, out.ids_slice * audio.hop_length, segment_frames * audio.hop_length
+            )
+
+            # Discriminator: tell the real slice from the (detached) generated one.
+            real_logits, fake_logits, _, _ = self.net_d(real_wave, out.audio.detach())
+            with torch.autocast(self.device.type, enabled=False):
+                loss_disc, _, _ = discriminator_loss(real_logits, fake_logits)
+        self.optim_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_disc).backward()
+        self.scaler.step(self.optim_d)
+
+        # Generator: reconstruct the mel, match the prior, fool the discriminator.
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            _, fake_logits, real_maps, fake_maps = self.net_d(real_wave, out.audio)
+            with torch.autocast(self.device.type, enabled=False):
+                mel_l1 = F.l1_loss(real_mel, fake_mel)
+                loss_mel = mel_l1 * hp.c_mel
+                loss_kl = kl_loss(out.z_p, out.logs_q, out.m_p, out.logs_p, out.z_mask) * hp.c_kl
+                loss_fm = feature_loss(real_maps, fake_maps)
+                loss_gen, _ = generator_loss(fake_logits)
+                loss_total = loss_gen + loss_fm + loss_mel + loss_kl
+        self.optim_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_total).backward()
+        self.scaler.step(self.optim_g)
+        self.scaler.update()
+        return {
+            "mel_l1": mel_l1.item(),
+            "loss_mel": loss_mel.item(),
+            "loss_kl": loss_kl.item(),
+            "loss_fm": loss_fm.item(),
+            "loss_gen": loss_gen.item(),
+            "loss_disc": loss_disc.item(),
+        }
+
+
+def _build(config: RVCConfig, train: TrainConfig, device: torch.device) -> _Trainer:
+    net_g = build_synthesizer(config.synthesizer, config.version, train.f0).to(device)
+    net_d = MultiPeriodDiscriminator.from_config(config.discriminator).to(device)
+    hp = config.train
+
+    def adamw(params: object) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, hp.learning_rate, betas=hp.betas, eps=hp.eps)  # type: ignore[arg-type]
+
+    return _Trainer(
+        config=config,
+        net_g=net_g,
+        net_d=net_d,
+        optim_g=adamw(net_g.parameters()),
+        optim_d=adamw(net_d.parameters()),
+        scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        device=device,
+    )
+
+
+def _prune_checkpoints(exp_dir: Path, keep: int) -> None:
+    for prefix in ("G", "D"):
+        for old in training_checkpoints(exp_dir, prefix)[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+
+
+def train_model(
+    exp_dir: Path, config: TrainConfig, progress: ProgressCallback | None = None
+) -> TrainResult:
+    """Train (or resume training) a voice model on ``exp_dir`` and export it.
+
+    Returns the exported inference model's path and the loss metrics.
+    """
+    exp_dir = Path(exp_dir)
+    device = resolve_device(config.device)
+    rvc = get_config(config.version, config.sample_rate, config.model_size)
+    report = progress or (lambda fraction, message: None)
+
+    dataset = VoiceDataset(
+        exp_dir,
+        rvc.audio,
+        rvc.version,
+        config.f0,
+        segment_frames=rvc.synthesizer.segment_frames,
+        max_frames=config.max_frames,
+        seed=config.seed,
+    )
+    trainer = _build(rvc, config, device)
+
+    # Resume from the newest G/D pair, else start from the public pretrained weights.
+    start_epoch, global_step, resumed_from = 1, 0, 0
+    pretrained: list[PretrainedLoadReport] = []
+    latest_g = latest_training_checkpoint(exp_dir, "G")
+    latest_d = latest_training_checkpoint(exp_dir, "D")
+    if latest_g is not None and latest_d is not None:
+        load_training_checkpoint(latest_d, trainer.net_d, trainer.optim_d)
+        state = load_training_checkpoint(latest_g, trainer.net_g, trainer.optim_g)
+        start_epoch, global_step, resumed_from = state.epoch + 1, state.global_step, state.epoch
+        log.info("training_resumed", checkpoint=latest_g.name, epoch=state.epoch, step=global_step)
+    else:
+        if config.pretrained_g is not None:
+            pretrained.append(load_pretrained(trainer.net_g, config.pretrained_g))
+        if config.pretrained_d is not None:
+            pretrained.append(load_pretrained(trainer.net_d, config.pretrained_d))
+
+    # Checkpoints are written after the epoch's decay step, so the optimisers already hold the
+    # next epoch's learning rate; the schedule just continues from there.
+    scheduler_g = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_g, rvc.train.lr_decay)
+    scheduler_d = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_d, rvc.train.lr_decay)
+
+    torch.manual_seed(config.seed + start_epoch - 1)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=functools.partial(
+            collate, hop_length=rvc.audio.hop_length, min_frames=rvc.synthesizer.segment_frames
+        ),
+        generator=torch.Generator().manual_seed(config.seed + start_epoch - 1),
+        pin_memory=device.type == "cuda",
+    )
+
+    history: list[EpochMetrics] = []
+    step_mel: list[float] = []
+    total_epochs = max(config.epochs, 1)
+    trainer.net_g.train()
+    trainer.net_d.train()
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        learning_rate = trainer.optim_g.param_groups[0]["lr"]
+        rows: list[dict[str, float]] = []
+        for batch in loader:
+            losses = trainer.step(batch.to(device))
+            rows.append(losses)
+            step_mel.append(losses["mel_l1"])
+            global_step += 1
+        scheduler_g.step()
+        scheduler_d.step()
+        metrics = EpochMetrics(
+            epoch=epoch,
+            steps=len(rows),
+            seconds=time.perf_counter() - started,
+            learning_rate=learning_rate,
+            loss_mel=_mean(rows, "loss_mel"),
+            loss_kl=_mean(rows, "loss_kl"),
+            loss_fm=_mean(rows, "loss_fm"),
+            loss_gen=_mean(rows, "loss_gen"),
+            loss_disc=_mean(rows, "loss_disc"),
+        )
+        history.append(metrics)
+        log.info("training_epoch", **metrics.__dict__)
+        if epoch % max(config.save_every, 1) == 0 or epoch == config.epochs:
+            for prefix, net, optim in (
+                ("G", trainer.net_g, trainer.optim_g),
+                ("D", trainer.net_d, trainer.optim_d),
+            ):
+                save_training_checkpoint(
+                    exp_dir / f"{prefix}_{global_step}.pth",
+                    net,
+                    optim,
+                    rvc.train.learning_rate,
+                    epoch,
+                    global_step,
+                )
+            _prune_checkpoints(exp_dir, config.keep_checkpoints)
+        report(
+            epoch / total_epochs,
+            f"epoch {epoch}/{config.epochs}: mel {metrics.loss_mel:.3f}, "
+            f"kl {metrics.loss_kl:.3f}, disc {metrics.loss_disc:.3f}",
+        )
+
+    final_epoch = max(config.epochs, resumed_from)
+    model_path = save_inference_model(
+        trainer.net_g,
+        exp_dir / f"{config.model_name}.pth",
+        version=rvc.version,
+        info=f"{final_epoch}epoch",
+        precision=config.export_precision,
+    )
+    last = history[-1] if history else None
+    result_metrics: dict[str, float] = (
+        {
+            "loss_mel": last.loss_mel,
+            "loss_kl": last.loss_kl,
+            "loss_fm": last.loss_fm,
+            "loss_gen": last.loss_gen,
+            "loss_disc": last.loss_disc,
+            "learning_rate": last.learning_rate,
+            "epoch_seconds": last.seconds,
+        }
+        if last is not None
+        else {}
+    )
+    return TrainResult(
+        model_path=model_path,
+        final_epoch=final_epoch,
+        global_step=global_step,
+        resumed_from_epoch=resumed_from,
+        metrics=result_metrics,
+        history=history,
+        step_mel_losses=step_mel,
+        pretrained=pretrained,
+    )
