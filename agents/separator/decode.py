@@ -200,6 +200,14 @@ def loudest_window_dbfs(path: str | Path, sample_rate: int) -> float:
     return 20.0 * math.log10(loudest) if loudest > 0 else -math.inf
 
 
+def _channel_layout_args(channels: int) -> list[str]:
+    if channels == 1:
+        # A mono recording plays at full level on both sides (ffmpeg's own upmix is -3 dB).
+        return ["-af", "pan=stereo|c0=c0|c1=c0"]
+    # rematrix_maxval keeps a surround downmix from summing past full scale.
+    return ["-ac", str(CHANNELS), "-rematrix_maxval", "1.0"]
+
+
 def decode(
     song_path: str | Path, out_wav: str | Path, settings: Settings, sample_rate: int | None = None
 ) -> DecodedAudio:
@@ -228,7 +236,8 @@ def decode(
     command = [
         "ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(song_path),
         "-map", "0:a:0", "-vn", "-t", f"{limit_s:.3f}",
-        "-ac", str(CHANNELS), "-ar", str(rate), "-c:a", "pcm_f32le", "-f", "wav", str(out_wav),
+        *_channel_layout_args(info.channels),
+        "-ar", str(rate), "-c:a", "pcm_f32le", "-f", "wav", str(out_wav),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not out_wav.is_file():
