@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch.nn import functional as F
@@ -217,6 +216,7 @@ def train_model(
         max_frames=config.max_frames,
         seed=config.seed,
     )
+    torch.manual_seed(config.seed)  # fixes the initial weights
     trainer = _build(rvc, config, device)
 
     # Resume from the newest G/D pair, else start from the public pretrained weights.
@@ -240,6 +240,7 @@ def train_model(
     scheduler_g = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_g, rvc.train.lr_decay)
     scheduler_d = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_d, rvc.train.lr_decay)
 
+    # A resumed run continues with a different (but reproducible) random stream.
     torch.manual_seed(config.seed + start_epoch - 1)
     loader = DataLoader(
         dataset,
