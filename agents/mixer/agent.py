@@ -43,23 +43,23 @@ def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
         ctx.store.put_file(key, local_track, content_type(fmt))
 
     expiry_s = ctx.settings.presign_expiry_s
+    signed_at = datetime.now(UTC)
     download_url = ctx.store.presign(key, expiry_s)
     finished_at = datetime.now(UTC)
-    record = StageRecord(
+    # The runner appends the mixer's StageRecord to the history; the timings need it now.
+    mixer_run = StageRecord(
         stage=STAGE, started_at=started_at, finished_at=finished_at, cache_hit=cache_hit
     )
-    history = [*event.history, record]
     return event.follow(
         TrackReady,
         keys=event.keys.model_copy(update={"track": key}),
-        history=history,
         track_key=key,
         format=fmt,
         duration_s=result.duration_s,
         loudness_lufs=result.loudness_lufs,
         download_url=download_url,
-        url_expires_at=finished_at + timedelta(seconds=expiry_s),
-        timings_s=stage_timings(history, event.occurred_at, finished_at),
+        url_expires_at=signed_at + timedelta(seconds=expiry_s),
+        timings_s=stage_timings([*event.history, mixer_run], event.occurred_at, finished_at),
     )
 
 

@@ -1,0 +1,230 @@
+"""Mixer handler (vocals.converted -> track.ready) with a LocalStore, and the job report."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from agents.mixer import agent
+from agents.mixer.report import render_report, report_for_job
+from schemas.events import (
+    JobOptions,
+    MixOptions,
+    ObjectKeys,
+    OutputOptions,
+    StageRecord,
+    TrackReady,
+    VocalsConverted,
+)
+from streams.errors import StageError
+from streams.keys import job_event_key, track_key
+from streams.settings import Settings
+from streams.stage import StageContext
+from streams.store import LocalStore, put_json
+from tests.unit.test_mixer import RATE, drum_loop, noise, stereo, tone, write_stem
+
+JOB = "job-42"
+
+
+def sung_line(seconds: float, rate: int, semitones: float = 0.0) -> np.ndarray:
+    """A vibrato melody with harmonics and gaps, like a sung phrase (known f0)."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 220 * 2 ** (
+        (semitones + 2 * np.sin(2 * np.pi * 0.3 * t) + 0.3 * np.sin(2 * np.pi * 5.5 * t)) / 12
+    )
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = (np.sin(2 * np.pi * 0.5 * t) > -0.6).astype(np.float64)
+    line = sum(0.25 / k * np.sin(k * phase) for k in range(1, 8)) * voiced
+    return line.astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "store")
+    stems = tmp_path / "stems"
+    stems.mkdir()
+    store.put_file(
+        "stems/abc/vocals.flac", write_stem(stems / "vocals.flac", sung_line(3.0, RATE), RATE)
+    )
+    store.put_file(
+        "stems/abc/accompaniment.flac",
+        write_stem(stems / "accompaniment.flac", drum_loop(3.0) * 0.5 + noise(3.0, amplitude=0.02)),
+    )
+    store.put_file(
+        "stems/abc/backing_vocals.flac",
+        write_stem(stems / "backing.flac", stereo(tone(330, 3.0, amplitude=0.05))),
+    )
+    store.put_file(
+        "converted/def/vocals.flac",
+        write_stem(stems / "converted.flac", sung_line(3.02, 40000, semitones=3.0), 40000),
+    )
+    return store
+
+
+def vocals_converted(fmt: str = "mp3", backing: bool = True) -> VocalsConverted:
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    return VocalsConverted(
+        job_id=JOB,
+        occurred_at=start + timedelta(seconds=100),
+        options=JobOptions(
+            mix=MixOptions(key_shift=0),
+            output=OutputOptions(format=fmt, title="My Cover", artist="Me"),
+        ),
+        keys=ObjectKeys(
+            song="uploads/job-42/song.mp3",
+            vocals="stems/abc/vocals.flac",
+            accompaniment="stems/abc/accompaniment.flac",
+            backing_vocals="stems/abc/backing_vocals.flac" if backing else None,
+            voice_model="voices/xyz/model.pth",
+            converted_vocals="converted/def/vocals.flac",
+        ),
+        history=[
+            StageRecord(
+                stage="separator", started_at=start, finished_at=start + timedelta(seconds=30)
+            ),
+            StageRecord(
+                stage="trainer",
+                started_at=start + timedelta(seconds=31),
+                finished_at=start + timedelta(seconds=31.5),
+                cache_hit=True,
+            ),
+            StageRecord(
+                stage="converter",
+                started_at=start + timedelta(seconds=32),
+                finished_at=start + timedelta(seconds=99),
+            ),
+        ],
+        backend="world",
+        sample_rate=40000,
+        duration_s=3.02,
+    )
+
+
+def context(store: LocalStore, tmp_path: Path, name: str, force: bool = False) -> StageContext:
+    return StageContext(
+        stage="mixer",
+        settings=Settings(presign_expiry_s=3600),
+        store=store,
+        workdir=tmp_path / name,
+        force=force,
+    )
+
+
+def test_handler_mixes_stores_and_answers_track_ready(store: LocalStore, tmp_path: Path) -> None:
+    event = vocals_converted("mp3")
+    before = datetime.now(UTC)
+
+    ready = agent.handle(event, context(store, tmp_path, "work1"))
+
+    key = track_key(JOB, "mp3")
+    assert isinstance(ready, TrackReady)
+    assert ready.track_key == key == ready.keys.track
+    assert store.exists(key)
+    assert ready.format == "mp3"
+    assert ready.duration_s == pytest.approx(3.0, abs=0.06)
+    assert ready.loudness_lufs == pytest.approx(-14.0, abs=0.6)  # measured on the decoded mp3
+    assert ready.download_url == store.presign(key, 3600)
+    assert ready.url_expires_at is not None
+    assert (
+        before + timedelta(seconds=3590)
+        < ready.url_expires_at
+        < datetime.now(UTC) + timedelta(seconds=3601)
+    )
+    # The envelope carries over with every intermediate key and the history for the runner.
+    assert ready.job_id == JOB and ready.event_id != event.event_id
+    assert ready.keys.vocals == "stems/abc/vocals.flac"
+    assert ready.keys.converted_vocals == "converted/def/vocals.flac"
+    assert ready.keys.backing_vocals == "stems/abc/backing_vocals.flac"
+    assert ready.keys.voice_model == "voices/xyz/model.pth"
+    assert [r.stage for r in ready.history] == ["separator", "trainer", "converter"]
+    assert ready.timings_s["separator"] == 30.0
+    assert ready.timings_s["trainer"] == 0.5
+    assert ready.timings_s["converter"] == 67.0
+    assert 0 < ready.timings_s["mixer"] < 60
+    # From the converter's event (2026) to the mixer starting now: the queue wait.
+    assert ready.timings_s["mixer_queue"] > 0
+    assert ready.timings_s["total"] >= ready.timings_s["mixer_queue"] + 100
+
+
+def test_second_delivery_reuses_the_track_and_gives_an_equivalent_answer(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = vocals_converted("flac")
+    first = agent.handle(event, context(store, tmp_path, "work1"))
+    stored = store.get_bytes(first.track_key)
+
+    def no_remix(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the track exists: the mixer must not mix again")
+
+    monkeypatch.setattr(agent, "mix_track", no_remix)
+    second = agent.handle(event, context(store, tmp_path, "work2"))
+
+    assert store.get_bytes(second.track_key) == stored
+    same = {"track_key", "format", "duration_s", "loudness_lufs", "download_url", "keys", "job_id"}
+    assert second.model_dump(include=same) == first.model_dump(include=same)
+    assert [key for key in store.list("tracks/")] == [track_key(JOB, "flac")]
+
+    # force recomputes: the mix function is called again.
+    with pytest.raises(AssertionError, match="must not mix again"):
+        agent.handle(event, context(store, tmp_path, "work3", force=True))
+
+
+def test_handler_without_backing_vocals_and_missing_stem(store: LocalStore, tmp_path: Path) -> None:
+    ready = agent.handle(vocals_converted("wav", backing=False), context(store, tmp_path, "w1"))
+    assert ready.keys.backing_vocals is None and store.exists(ready.track_key)
+
+    broken = vocals_converted("m4a")
+    broken.keys.accompaniment = "stems/abc/nothing-here.flac"
+    with pytest.raises(StageError) as error:
+        agent.handle(broken, context(store, tmp_path, "w2"))
+    assert error.value.code == "missing_object"
+    assert not store.exists(track_key(JOB, "m4a"))
+
+
+def _image_checks(png: Path) -> np.ndarray:
+    assert png.stat().st_size > 30_000
+    image = matplotlib.image.imread(str(png))
+    # Not a blank page: many distinct colours and real contrast.
+    assert image[..., :3].std() > 0.1
+    assert len(np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 500
+    return image
+
+
+def test_report_renders_waveforms_spectrograms_and_f0(tmp_path: Path) -> None:
+    original = write_stem(tmp_path / "orig.flac", sung_line(3.0, RATE), RATE)
+    converted = write_stem(tmp_path / "conv.flac", sung_line(3.0, 40000, 3.0), 40000)
+    mix = write_stem(
+        tmp_path / "mix.wav", stereo(sung_line(3.0, RATE)) + noise(3.0, amplitude=0.05)
+    )
+
+    png = render_report(original, converted, mix, tmp_path / "out" / "report.png")
+
+    image = _image_checks(png)
+    full_height = image.shape[0]
+    # Fewer inputs, fewer rows: only the converted vocals (one row plus its f0 panel).
+    small = _image_checks(render_report(None, converted, None, tmp_path / "small.png"))
+    assert small.shape[0] < full_height
+    with pytest.raises(ValueError):
+        render_report(None, None, None, tmp_path / "nothing.png")
+
+
+def test_report_for_job_reads_the_keys_from_the_job_state(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    event = vocals_converted("mp3")
+    # Before the mixer ran: only the converter's event is recorded (no track yet).
+    put_json(store, job_event_key(JOB, "vocals.converted"), json.loads(event.model_dump_json()))
+    early = matplotlib.image.imread(str(report_for_job(store, JOB, tmp_path / "early.png")))
+
+    ready = agent.handle(event, context(store, tmp_path, "work"))
+    put_json(store, job_event_key(JOB, "track.ready"), json.loads(ready.model_dump_json()))
+    done = _image_checks(report_for_job(store, JOB, tmp_path / "done.png"))
+
+    assert done.shape[0] > early.shape[0]  # the mix row joined once the track existed
+    with pytest.raises(LookupError):
+        report_for_job(store, "no-such-job", tmp_path / "none.png")
