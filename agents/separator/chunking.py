@@ -88,7 +88,8 @@ def run_chunked(
             if index > 0 and overlap:
                 ramp = fade_in(overlap)
                 block = block.copy()
-                block[:overlap] = tails[name] * (1.0 - ramp) + block[:overlap] * ramp
+                # tail + ramp * (new - tail): where both chunks agree this is exactly the tail.
+                block[:overlap] = tails[name] + ramp * (block[:overlap] - tails[name])
             write(name, block[: len(block) - keep])
             tails[name] = block[len(block) - keep :].copy() if keep else block[:0]
         if progress is not None:

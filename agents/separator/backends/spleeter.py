@@ -18,7 +18,8 @@ from agents.separator.backends.base import Stems
 N_FFT = 4096
 HOP = 1024
 MODEL_BINS = 1024  # the networks see the lowest 1024 of 2049 bins (0-11 kHz)
-SEGMENT_FRAMES = 512  # the networks take 512 STFT frames (~11.9 s) at a time
+SEGMENT_FRAMES = 512  # the networks were trained on 512 STFT frames (~11.9 s) at a time
+UNET_STRIDE = 64  # six stride-2 layers: input lengths must be multiples of 2**6
 _EPS = 1e-10
 
 
@@ -62,6 +63,29 @@ class SpleeterBackend:
         ]
         self.window = torch.hann_window(N_FFT, device=self.device)
 
+    @staticmethod
+    def _estimate(net: torch.nn.Module, magnitude: torch.Tensor) -> torch.Tensor:
+        """The net's magnitude estimate for a ``(2, F, L)`` spectrogram, same shape.
+
+        Whole 512-frame segments go through as one batch; the remainder is padded only to the
+        U-Net's stride (64 frames), not to a full segment, so short chunks cost little.
+        """
+        length = magnitude.shape[-1]
+        whole = length // SEGMENT_FRAMES * SEGMENT_FRAMES
+        parts = []
+        if whole:
+            # (2, F, S*T) -> (S, 2, T, F): one batch item per segment.
+            batch = magnitude[:, :, :whole].reshape(2, MODEL_BINS, -1, SEGMENT_FRAMES)
+            estimate = net(batch.permute(2, 0, 3, 1))
+            parts.append(estimate.permute(1, 3, 0, 2).reshape(2, MODEL_BINS, whole))
+        rest = length - whole
+        if rest:
+            padded = -(-rest // UNET_STRIDE) * UNET_STRIDE
+            tail = torch.nn.functional.pad(magnitude[:, :, whole:], (0, padded - rest))
+            estimate = net(tail.permute(0, 2, 1).unsqueeze(0))  # (1, 2, T, F)
+            parts.append(estimate[0].permute(0, 2, 1)[:, :, :rest])
+        return torch.cat(parts, dim=-1)
+
     @torch.inference_mode()
     def separate(self, audio: np.ndarray) -> Stems:
         frames = len(audio)
@@ -76,17 +100,11 @@ class SpleeterBackend:
             return_complex=True,
         )  # (2, 2049, L)
         magnitude = spec[:, :MODEL_BINS, :].abs()
-        length = magnitude.shape[-1]
-        segments = -(-length // SEGMENT_FRAMES)
-        padded = torch.nn.functional.pad(magnitude, (0, segments * SEGMENT_FRAMES - length))
-        # (2, F, S*T) -> (S, 2, T, F): one batch item per 512-frame segment.
-        batch = padded.reshape(2, MODEL_BINS, segments, SEGMENT_FRAMES).permute(2, 0, 3, 1)
-        estimates = [net(batch) for net in self.nets]
+        estimates = [self._estimate(net, magnitude) for net in self.nets]
         energy = sum(e**2 for e in estimates) + _EPS
         out: Stems = {}
         for stem, estimate in zip(self.stems, estimates, strict=True):
-            mask = (estimate**2 + _EPS / len(estimates)) / energy  # (S, 2, T, F)
-            mask = mask.permute(1, 3, 0, 2).reshape(2, MODEL_BINS, -1)[:, :, :length]
+            mask = (estimate**2 + _EPS / len(estimates)) / energy  # (2, F, L)
             # Above 11 kHz the model says nothing: extend each frame's average mask ratio, as
             # Spleeter's "average" mask extension does, so the stems still sum to the mix.
             upper = mask.mean(dim=1, keepdim=True).expand(-1, spec.shape[1] - MODEL_BINS, -1)

@@ -89,7 +89,11 @@ class UvrBackend:
         self.directory = uvr_model_dir(model_dir)
         check_model_files(model_file, self.directory)
         self._workdir = Path(tempfile.mkdtemp(prefix="singtome-uvr-"))
-        self._separator = self._load()
+        try:
+            self._separator = self._load()
+        except BaseException:
+            self.close()
+            raise
         instance = self._separator.model_instance
         primary = str(instance.primary_stem_name)
         secondary = str(instance.secondary_stem_name)
@@ -156,7 +160,9 @@ class UvrBackend:
         return stems
 
     def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        workdir = getattr(self, "_workdir", None)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def __del__(self) -> None:
         self.close()
