@@ -1,0 +1,85 @@
+"""What every pitch (f0) extractor shares: the frame grid, the range, and RVC's pitch encodings.
+
+The grid is RVC's: 16 kHz audio, one frame per 160 samples (10 ms), frame ``i`` centred on sample
+``160 * i``, so ``n`` samples give ``n // 160 + 1`` frames. f0 is in Hz with 0 for unvoiced
+frames, and lies in [:data:`F0_MIN`, :data:`F0_MAX`].
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from scipy import signal
+
+SAMPLE_RATE = 16_000
+HOP = 160
+F0_MIN = 50.0
+F0_MAX = 1100.0
+F0_BINS = 256
+_MEL_MIN = 1127.0 * np.log(1.0 + F0_MIN / 700.0)
+_MEL_MAX = 1127.0 * np.log(1.0 + F0_MAX / 700.0)
+
+
+@runtime_checkable
+class F0Extractor(Protocol):
+    """A pitch tracker on RVC's 10 ms grid."""
+
+    name: str
+
+    def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
+        """Hz per frame (float32), 0 when unvoiced; ``p_len`` frames when given, else
+        ``len(audio16k) // 160 + 1``."""
+        ...
+
+
+def natural_length(n_samples: int) -> int:
+    return n_samples // HOP + 1
+
+
+def as_audio16k(audio16k: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio16k, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono 1-D audio, got shape {audio.shape}")
+    return audio
+
+
+def finish(f0: np.ndarray, n_samples: int, p_len: int | None) -> np.ndarray:
+    """Clean a raw track: non-finite or out-of-range values become unvoiced (0), and the length
+    is made ``p_len`` (or the natural length) by trimming or padding unvoiced frames at the end;
+    every method here is already on the 10 ms grid, so they differ by a frame or two at most."""
+    f0 = np.asarray(f0, dtype=np.float64).reshape(-1).copy()
+    f0[~np.isfinite(f0)] = 0.0
+    f0[(f0 < F0_MIN) | (f0 > F0_MAX)] = 0.0
+    target = natural_length(n_samples) if p_len is None else int(p_len)
+    f0 = f0[:target] if f0.shape[0] >= target else np.pad(f0, (0, target - f0.shape[0]))
+    return f0.astype(np.float32)
+
+
+def coarse_f0(f0_hz: np.ndarray) -> np.ndarray:
+    """RVC's 1..255 pitch index: mel-scaled between 50 and 1100 Hz; unvoiced (0 Hz) maps to 1."""
+    f0_mel = 1127.0 * np.log(1.0 + np.asarray(f0_hz, dtype=np.float64) / 700.0)
+    voiced = f0_mel > 0
+    f0_mel[voiced] = (f0_mel[voiced] - _MEL_MIN) * (F0_BINS - 2) / (_MEL_MAX - _MEL_MIN) + 1
+    f0_mel[f0_mel <= 1] = 1
+    f0_mel[f0_mel > F0_BINS - 1] = F0_BINS - 1
+    return np.rint(f0_mel).astype(np.int64)
+
+
+def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
+    """Transpose by ``semitones`` (unvoiced frames stay 0)."""
+    return (np.asarray(f0, dtype=np.float32) * np.float32(2.0 ** (semitones / 12.0))).astype(
+        np.float32
+    )
+
+
+def median_filter_f0(f0: np.ndarray, radius: int) -> np.ndarray:
+    """Median over ``2 * radius + 1`` frames (radius 0: unchanged).
+
+    RVC's ``filter_radius`` option (>= 3) applies a 3-frame median to harvest's track, which is
+    ``median_filter_f0(f0, 1)``.
+    """
+    f0 = np.asarray(f0, dtype=np.float32)
+    if radius <= 0 or f0.size == 0:
+        return f0.copy()
+    return signal.medfilt(f0, kernel_size=2 * int(radius) + 1).astype(np.float32)

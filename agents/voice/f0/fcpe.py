@@ -1,0 +1,46 @@
+"""FCPE through torchfcpe, with the weights shipped in the torchfcpe wheel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.voice.f0.base import F0_MAX, F0_MIN, SAMPLE_RATE, as_audio16k, finish, natural_length
+
+THRESHOLD = 0.006
+"""Decoder confidence below which a frame is unvoiced (RVC's and torchfcpe's value)."""
+
+
+class FcpeExtractor:
+    name = "fcpe"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        if self._model is None:
+            from torchfcpe import spawn_bundled_infer_model
+
+            self._model = spawn_bundled_infer_model(device=self.device)
+        return self._model
+
+    def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
+        x = as_audio16k(audio16k)
+        target = natural_length(x.shape[0]) if p_len is None else int(p_len)
+        model = self._load()
+        audio = torch.from_numpy(x.copy()).to(self.device)[None, :, None]
+        with torch.inference_mode():
+            f0 = model.infer(
+                audio,
+                sr=SAMPLE_RATE,
+                decoder_mode="local_argmax",
+                threshold=THRESHOLD,
+                f0_min=F0_MIN,
+                f0_max=F0_MAX,
+                interp_uv=False,
+                output_interp_target_length=max(target, 1),
+            )
+        return finish(f0.reshape(-1).cpu().numpy(), x.shape[0], target)

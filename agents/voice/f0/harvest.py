@@ -1,0 +1,22 @@
+"""WORLD Harvest: slow but robust on clean, sustained voice (RVC's classic CPU method)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyworld
+
+from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, as_audio16k, finish
+
+
+class HarvestExtractor:
+    name = "harvest"
+
+    def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
+        x = as_audio16k(audio16k).astype(np.float64)
+        frame_period_ms = 1000.0 * HOP / SAMPLE_RATE
+        f0, times = pyworld.harvest(
+            x, SAMPLE_RATE, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=frame_period_ms
+        )
+        # StoneMask refines each frame's estimate from the instantaneous frequency, as RVC does.
+        f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
+        return finish(f0, x.shape[0], p_len)
