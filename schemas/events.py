@@ -278,14 +278,13 @@ def decode(cls: type[E], payload: bytes | str | dict[str, Any]) -> E:
         raise EventDecodeError("malformed_event", "an event must be a JSON object")
     job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
     version = data.get("schema_version")
-    if isinstance(version, str) and version.split(".", 1)[0].isdigit():
-        if int(version.split(".", 1)[0]) != SUPPORTED_MAJOR:
-            raise EventDecodeError(
-                "unsupported_schema_version",
-                f"schema_version {version!r} is not supported: this service reads "
-                f"{SUPPORTED_MAJOR}.x",
-                job_id,
-            )
+    major = version.split(".", 1)[0] if isinstance(version, str) else ""
+    if major.isdigit() and int(major) != SUPPORTED_MAJOR:
+        raise EventDecodeError(
+            "unsupported_schema_version",
+            f"schema_version {version!r} is not supported: this service reads {SUPPORTED_MAJOR}.x",
+            job_id,
+        )
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -299,4 +298,3 @@ def decode(cls: type[E], payload: bytes | str | dict[str, Any]) -> E:
 
 def encode(event: Event) -> bytes:
     return event.model_dump_json().encode()
-

@@ -1,4 +1,5 @@
-"""JSON Schema per topic and one AsyncAPI 3.0 document, for producers and consumers in any language."""
+"""JSON Schema per topic and one AsyncAPI 3.0 document, for producers and consumers in any
+language."""
 
 from __future__ import annotations
 

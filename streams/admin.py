@@ -7,7 +7,7 @@ from typing import Any
 
 from streams.logging import get_logger
 from streams.settings import Settings
-from streams.topics import all_topics
+from streams.topics import all_topics, physical
 
 log = get_logger(__name__)
 
@@ -41,7 +41,7 @@ def bootstrap_servers(settings: Settings) -> str:
 async def create_topics_async(settings: Settings, topics: list[str] | None = None) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    wanted = topics or all_topics()
+    wanted = [physical(t, settings.topic_prefix) for t in (topics or all_topics())]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:

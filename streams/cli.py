@@ -211,13 +211,29 @@ def submit(
         _fail("give exactly one of --voice DIR (a dataset) or --model FILE.pth")
     settings = get_settings()
     try:
-        options = _options(separator_model, skip_separation, f0_up_key, f0_method, epochs, fmt,
-                           title, artist, force)
+        options = _options(
+            separator_model,
+            skip_separation,
+            f0_up_key,
+            f0_method,
+            epochs,
+            fmt,
+            title,
+            artist,
+            force,
+        )
     except ValidationError as exc:
         _fail(str(exc))
     store = S3Store(settings)
-    event = submit_job(settings, store, song, voice_dir=voice, voice_model=model,
-                       voice_index=index, options=options)
+    event = submit_job(
+        settings,
+        store,
+        song,
+        voice_dir=voice,
+        voice_model=model,
+        voice_index=index,
+        options=options,
+    )
     typer.echo(f"job {event.job_id} submitted (song s3://{settings.s3_bucket}/{event.keys.song})")
     if wait:
         result = follow(store, event.job_id, timeout)
@@ -249,8 +265,11 @@ def follow(store: Any, job_id: str, timeout: float) -> Any:
                 if name in done:
                     bars.update(task, completed=1.0, note="done")
                 elif progress.get("stage") == name:
-                    bars.update(task, completed=progress.get("fraction", 0.0),
-                                note=progress.get("message", ""))
+                    bars.update(
+                        task,
+                        completed=progress.get("fraction", 0.0),
+                        note=progress.get("message", ""),
+                    )
             if "track.failed" in state:
                 failed = state["track.failed"]
                 if failed.get("stage") in tasks:
@@ -280,8 +299,11 @@ def replay(
     ] = None,
     job_id: Annotated[str | None, typer.Option(help="Only this job's events.")] = None,
     to_group: Annotated[
-        str | None, typer.Option(help="Set this consumer group's position instead of "
-                                 "re-publishing; then run `singtome worker STAGE --group NAME`.")
+        str | None,
+        typer.Option(
+            help="Set this consumer group's position instead of "
+            "re-publishing; then run `singtome worker STAGE --group NAME`."
+        ),
     ] = None,
 ) -> None:
     """Reprocess TOPIC from an offset or a time."""
@@ -290,8 +312,14 @@ def replay(
     if (from_offset is None) == (from_time is None):
         _fail("give exactly one of --from-offset or --from-time")
     try:
-        result = do_replay(get_settings(), topic, from_offset=from_offset, from_time=from_time,
-                           job_id=job_id, to_group=to_group)
+        result = do_replay(
+            get_settings(),
+            topic,
+            from_offset=from_offset,
+            from_time=from_time,
+            job_id=job_id,
+            to_group=to_group,
+        )
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result))

@@ -27,7 +27,7 @@ from streams import keys as keylayout
 from streams.admin import kafka_client_kwargs
 from streams.settings import Settings
 from streams.store import ObjectNotFound, ObjectStore, get_json
-from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, TRACK_READY
+from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, TRACK_READY, physical
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma", ".aiff"}
 
@@ -40,7 +40,11 @@ async def publish_async(settings: Settings, events: Iterable[Event]) -> int:
     count = 0
     try:
         for event in events:
-            await producer.send_and_wait(event.topic, encode(event), key=event.job_id.encode())
+            await producer.send_and_wait(
+                physical(event.topic, settings.topic_prefix),
+                encode(event),
+                key=event.job_id.encode(),
+            )
             count += 1
     finally:
         await producer.stop()
@@ -61,7 +65,7 @@ async def publish_raw_async(
     await producer.start()
     try:
         for key, value in messages:
-            await producer.send_and_wait(topic, value, key=key)
+            await producer.send_and_wait(physical(topic, settings.topic_prefix), value, key=key)
     finally:
         await producer.stop()
 
@@ -115,7 +119,7 @@ def job_state(store: ObjectStore, job_id: str) -> dict[str, dict[str, Any]]:
     state: dict[str, dict[str, Any]] = {}
     prefix = keylayout.job_prefix(job_id)
     for key in store.list(prefix):
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if "/" in name or not name.endswith(".json"):
             continue
         try:
@@ -198,22 +202,19 @@ async def replay_async(
     if to_group and job_id:
         raise ValueError("--job-id filters a re-publish; it cannot be combined with --to-group")
     common = kafka_client_kwargs(settings)
+    broker_topic = physical(topic, settings.topic_prefix)
     consumer = AIOKafkaConsumer(
         **common, group_id=to_group, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
+        await consumer.topics()  # refreshes the metadata
         partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            TopicPartition(broker_topic, p)
+            for p in sorted(consumer.partitions_for_topic(broker_topic) or [])
         ]
         if not partitions:
-            await consumer.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p)
-                for p in sorted(consumer.partitions_for_topic(topic) or [])
-            ]
-        if not partitions:
-            raise ValueError(f"topic {topic!r} does not exist")
+            raise ValueError(f"topic {broker_topic!r} does not exist")
         consumer.assign(partitions)
         starts = await _start_positions(consumer, partitions, from_offset, from_time)
         if to_group:
@@ -222,8 +223,11 @@ async def replay_async(
             await consumer.commit(
                 {tp: OffsetAndMetadata(offset, "singtome replay") for tp, offset in starts.items()}
             )
-            return {"topic": topic, "group": to_group, "positions": {
-                tp.partition: offset for tp, offset in starts.items()}}
+            return {
+                "topic": topic,
+                "group": to_group,
+                "positions": {tp.partition: offset for tp, offset in starts.items()},
+            }
         for tp, offset in starts.items():
             consumer.seek(tp, offset)
         selected: list[tuple[bytes | None, bytes]] = []

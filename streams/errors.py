@@ -10,7 +10,7 @@ from __future__ import annotations
 
 ERROR_CODES: dict[str, str] = {
     # envelope / broker
-    "malformed_event": "The event is not valid JSON or misses/mistypes a field (the message names it).",
+    "malformed_event": "The event is not JSON or misses/mistypes a field (the message names it).",
     "unsupported_schema_version": "The event's schema_version major is not one this service reads.",
     "event_too_large": "The event is larger than SINGTOME_MAX_EVENT_BYTES.",
     # objects

@@ -7,8 +7,8 @@ redelivered or replayed event finds its output already there and does no work tw
 Layout (bucket-relative)::
 
     uploads/<job_id>/<file name>            what `singtome submit` uploads
-    stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, backing_vocals)
-    voices/<digest>/...                     trainer outputs (model.pth + model.index, or profile.npz)
+    stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, ...)
+    voices/<digest>/...                     trainer outputs (model.pth + .index, or profile.npz)
     converted/<digest>/vocals.flac          converter output
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)

@@ -10,30 +10,39 @@ class Metrics:
         # Each Metrics owns its registry, so tests can build many without name clashes.
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.events_in = Counter(
-            "singtome_events_in", "Events received", ["stage"], registry=reg
-        )
+        self.events_in = Counter("singtome_events_in", "Events received", ["stage"], registry=reg)
         self.events_out = Counter(
             "singtome_events_out", "Output events sent", ["stage"], registry=reg
         )
         self.events_failed = Counter(
-            "singtome_events_failed", "Events answered by track.failed", ["stage", "code"],
+            "singtome_events_failed",
+            "Events answered by track.failed",
+            ["stage", "code"],
             registry=reg,
         )
         self.duplicates = Counter(
-            "singtome_duplicate_deliveries", "Events seen before (redelivery or replay)",
-            ["stage"], registry=reg,
+            "singtome_duplicate_deliveries",
+            "Events seen before (redelivery or replay)",
+            ["stage"],
+            registry=reg,
         )
         self.retries = Counter(
-            "singtome_transient_retries", "Retries after transient errors", ["stage"],
+            "singtome_transient_retries",
+            "Retries after transient errors",
+            ["stage"],
             registry=reg,
         )
         self.stage_seconds = Histogram(
-            "singtome_stage_seconds", "Time to handle one event", ["stage"], registry=reg,
+            "singtome_stage_seconds",
+            "Time to handle one event",
+            ["stage"],
+            registry=reg,
             buckets=(0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
         )
         self.consumer_lag = Gauge(
-            "singtome_consumer_lag", "Messages behind the highwater, per partition",
-            ["stage", "topic", "partition"], registry=reg,
+            "singtome_consumer_lag",
+            "Messages behind the highwater, per partition",
+            ["stage", "topic", "partition"],
+            registry=reg,
         )
         self.busy = Gauge("singtome_busy", "1 while a job is in hand", ["stage"], registry=reg)

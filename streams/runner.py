@@ -13,6 +13,7 @@ implements with real topics and the unit tests with a list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import json
 import shutil
@@ -110,10 +111,8 @@ class Runner:
     def _decode(self, raw: bytes) -> Event:
         if len(raw) > self.settings.max_event_bytes:
             job_id = None
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 job_id = json.loads(raw).get("job_id")
-            except (ValueError, AttributeError):
-                pass
             raise EventDecodeError(
                 "event_too_large",
                 f"event of {len(raw)} bytes is over the limit of "
@@ -140,14 +139,24 @@ class Runner:
                 # The executor thread cannot be interrupted: the job is failed as retriable so a
                 # replay resumes it, rather than retried here behind the stuck call.
                 return await self._fail(
-                    raw, event, event.job_id, "timeout", _message(exc), retriable=True,
+                    raw,
+                    event,
+                    event.job_id,
+                    "timeout",
+                    _message(exc),
+                    retriable=True,
                     attempt=attempt,
                 )
             except (TransientError, TransientStoreError) as exc:
                 code = _transient_code(exc)
                 if attempt > self.settings.transient_retries:
                     return await self._fail(
-                        raw, event, event.job_id, code, _message(exc), retriable=True,
+                        raw,
+                        event,
+                        event.job_id,
+                        code,
+                        _message(exc),
+                        retriable=True,
                         attempt=attempt,
                     )
                 delay = min(
@@ -155,8 +164,13 @@ class Runner:
                     self.settings.retry_backoff_max_s,
                 )
                 self.metrics.retries.labels(name).inc()
-                log.warning("transient error, retrying", code=code, error=_message(exc),
-                            attempt=attempt, retry_in_s=delay)
+                log.warning(
+                    "transient error, retrying",
+                    code=code,
+                    error=_message(exc),
+                    attempt=attempt,
+                    retry_in_s=delay,
+                )
                 await self.sleep(delay)
             except StageError as exc:
                 return await self._fail(
@@ -169,8 +183,13 @@ class Runner:
             except Exception as exc:  # a bug in a stage must not stop the partition
                 log.exception("stage crashed")
                 return await self._fail(
-                    raw, event, event.job_id, "internal_error",
-                    f"{type(exc).__name__}: {exc}", False, attempt,
+                    raw,
+                    event,
+                    event.job_id,
+                    "internal_error",
+                    f"{type(exc).__name__}: {exc}",
+                    False,
+                    attempt,
                 )
         finished = datetime.now(UTC)
         record = StageRecord(
@@ -184,8 +203,9 @@ class Runner:
         elapsed = (finished - started).total_seconds()
         self.metrics.stage_seconds.labels(name).observe(elapsed)
         self.metrics.events_out.labels(name).inc()
-        log.info("stage done", topic=output.topic, seconds=round(elapsed, 3),
-                 cache_hit=record.cache_hit)
+        log.info(
+            "stage done", topic=output.topic, seconds=round(elapsed, 3), cache_hit=record.cache_hit
+        )
         return Outcome("done", event.job_id, output=output, duplicate=duplicate)
 
     def _seen_before(self, event: Event) -> bool:
@@ -237,8 +257,9 @@ class Runner:
             if fraction < 1.0 and now - last[0] < 1.0:
                 return
             last[0] = now
-            update = event.follow(JobProgress, stage=self.stage.stage, fraction=fraction,
-                                  message=message)
+            update = event.follow(
+                JobProgress, stage=self.stage.stage, fraction=fraction, message=message
+            )
             self._save_state(update)
             asyncio.run_coroutine_threadsafe(
                 self.emitter.send(JOB_PROGRESS, update.job_id, encode(update)), loop

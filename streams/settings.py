@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     broker_sasl_username: str | None = None
     broker_sasl_password: str | None = None
     broker_ssl_cafile: str | None = Field(None, description="CA bundle for SSL brokers.")
+    topic_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix of every topic name (e.g. 'staging.'), for several pipelines on one "
+        "cluster. Event schemas and S3 keys use the plain names.",
+    )
     topic_partitions: int = Field(4, ge=1, description="Partitions of every pipeline topic.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
     group_version: int = Field(
@@ -52,8 +58,10 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest one stage call may run before it fails as 'timeout'."
     )
     shutdown_grace_s: float = Field(
-        60.0, gt=0, description="On SIGTERM, how long the job in hand may run before it is "
-        "handed back (uncommitted) and the worker leaves."
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long the job in hand may run before it is "
+        "handed back (uncommitted) and the worker leaves.",
     )
 
     # --- object store -----------------------------------------------------------------------------
@@ -92,8 +100,9 @@ class Settings(BaseSettings):
     separator_overlap_s: float = Field(2.0, ge=0)
     stem_sample_rate: int = 44100
     hubert_path: Path | None = Field(
-        None, description="HuBERT/ContentVec checkpoint (fairseq .pt or Hugging Face dir/file). "
-        "Unset: the WORLD fallback voice backend is used."
+        None,
+        description="HuBERT/ContentVec checkpoint (fairseq .pt or Hugging Face dir/file). "
+        "Unset: the WORLD fallback voice backend is used.",
     )
     rmvpe_path: Path | None = Field(None, description="RMVPE pitch model weights (rmvpe.pt).")
     pretrained_dir: Path | None = Field(

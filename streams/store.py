@@ -1,4 +1,4 @@
-"""Object stores: S3 (boto3) for the services, a local directory for `singtome cover` and unit tests.
+"""Object stores: S3 (boto3) for the services, a local folder for `singtome cover` and unit tests.
 
 Both implement :class:`ObjectStore`. Errors are mapped onto two exception types the runner
 understands: :class:`ObjectNotFound` (a bad reference: not retried) and
@@ -106,6 +106,8 @@ class S3Store:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
+        )
+        from botocore.exceptions import (
             ConnectionError as BotoConnectionError,
         )
 
@@ -195,7 +197,9 @@ class S3Store:
 
     def list(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
+        pages = self._call(
+            prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        )
         for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"]

@@ -55,6 +55,11 @@ PIPELINE_TOPICS = (
 )
 
 
+def physical(topic: str, prefix: str) -> str:
+    """The name of a topic on the broker: the configured prefix + the plain name."""
+    return prefix + topic
+
+
 def all_topics() -> list[str]:
     """Every topic the pipeline uses: the pipeline topics and the DLQ of each consumed topic."""
     return [*PIPELINE_TOPICS, *(dlq(s.consumes) for s in STAGES.values())]

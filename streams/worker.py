@@ -30,7 +30,7 @@ from streams.runner import Runner
 from streams.settings import Settings
 from streams.stage import Handler
 from streams.store import S3Store
-from streams.topics import STAGES
+from streams.topics import STAGES, physical
 
 log = get_logger(__name__)
 
@@ -46,7 +46,7 @@ def load_handler(stage: str, spec: str | None = None) -> Handler:
 
 
 def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
-    return group or f"singtome-{stage}-v{settings.group_version}"
+    return group or f"{settings.topic_prefix}singtome-{stage}-v{settings.group_version}"
 
 
 def _free_port() -> int:
@@ -66,7 +66,9 @@ class FaustEmitter:
     def _topic(self, name: str) -> Any:
         if name not in self._topics:
             self._topics[name] = self.app.topic(
-                name, key_serializer="raw", value_serializer="raw"
+                physical(name, self.settings.topic_prefix),
+                key_serializer="raw",
+                value_serializer="raw",
             )
         return self._topics[name]
 
@@ -115,7 +117,9 @@ def create_app(
     elif settings.broker_security_protocol == "SSL":
         import ssl
 
-        credentials = faust.SSLCredentials(ssl.create_default_context(cafile=settings.broker_ssl_cafile))
+        credentials = faust.SSLCredentials(
+            ssl.create_default_context(cafile=settings.broker_ssl_cafile)
+        )
     app = faust.App(
         group_id(stage_name, settings, group),
         broker=settings.broker_url,
@@ -154,7 +158,11 @@ def create_app(
         metrics=metrics,
         on_busy=lambda job_id: _set_busy(state, metrics, stage_name, job_id),
     )
-    source = app.topic(stage.consumes, key_serializer="raw", value_serializer="raw")
+    source = app.topic(
+        physical(stage.consumes, settings.topic_prefix),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
     @app.agent(source, concurrency=1, name=f"singtome.{stage_name}")
     async def process(stream: Any) -> None:
@@ -164,7 +172,7 @@ def create_app(
             state.jobs_done += 1
 
     @app.page("/health")
-    class Health(View):  # noqa: F841  (registered by the decorator)
+    class Health(View):
         async def get(self, request: Request) -> Response:
             ready = state.consuming and not app.rebalancing
             body = {
@@ -178,16 +186,22 @@ def create_app(
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
-    class MetricsPage(View):  # noqa: F841
+    class MetricsPage(View):
         async def get(self, request: Request) -> Response:
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
             _update_lag(app, metrics, stage_name)
-            return self.bytes(generate_latest(metrics.registry),
-                              content_type=CONTENT_TYPE_LATEST.split(";")[0])
+            return self.bytes(
+                generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0]
+            )
 
-    log.info("worker configured", group=app.conf.id, consumes=stage.consumes,
-             produces=stage.produces, health=f"http://{settings.health_host}:{port}/health")
+    log.info(
+        "worker configured",
+        group=app.conf.id,
+        consumes=stage.consumes,
+        produces=stage.produces,
+        health=f"http://{settings.health_host}:{port}/health",
+    )
     return app, runner, state
 
 
@@ -202,8 +216,11 @@ def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            position = app.consumer._committed_offset.get(tp) if hasattr(
-                app.consumer, "_committed_offset") else None
+            position = (
+                app.consumer._committed_offset.get(tp)
+                if hasattr(app.consumer, "_committed_offset")
+                else None
+            )
             if highwater is not None and position is not None:
                 metrics.consumer_lag.labels(stage, tp.topic, str(tp.partition)).set(
                     max(highwater - position - 1, 0)

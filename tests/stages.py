@@ -17,12 +17,19 @@ from schemas.events import (
     VoiceTrained,
 )
 from streams import keys as keylayout
+from streams.errors import StageError
 from streams.stage import StageContext, all_exist
 from streams.store import ObjectNotFound
-from streams.errors import StageError
 
 
-def _compute(ctx: StageContext, source_key: str | None, outputs: dict[str, str], tag: str) -> bool:
+def counter_key(job_id: str, stage: str) -> str:
+    """One object per real computation, grouped by job and stage."""
+    return f"counters/{job_id}/{stage}/{uuid.uuid4().hex}"
+
+
+def _compute(
+    ctx: StageContext, job_id: str, source_key: str | None, outputs: dict[str, str], tag: str
+) -> bool:
     """Write ``tag + source bytes`` to each output key unless all exist; True when reused."""
     if not source_key:
         raise StageError("missing_object", "the event names no input object")
@@ -36,7 +43,7 @@ def _compute(ctx: StageContext, source_key: str | None, outputs: dict[str, str],
     for step in range(10):
         ctx.progress(step / 10, f"step {step}")
         time.sleep(hold / 10)
-    ctx.store.put_bytes(f"counters/{ctx.stage}/{uuid.uuid4().hex}", b"")
+    ctx.store.put_bytes(counter_key(job_id, ctx.stage), b"")
     for name, key in outputs.items():
         ctx.store.put_bytes(key, f"{tag}:{name}:".encode() + data)
     return False
@@ -52,16 +59,22 @@ def separator(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
         "vocals": keylayout.stem_key(digest, "vocals"),
         "accompaniment": keylayout.stem_key(digest, "accompaniment"),
     }
-    hit = _compute(ctx, event.keys.song, outputs, "separated")
+    hit = _compute(ctx, event.job_id, event.keys.song, outputs, "separated")
     keys = event.keys.model_copy(update=outputs)
-    return event.follow(VocalsSeparated, keys=keys, sample_rate=44100, duration_s=1.0,
-                        separator_model="copy", cache_hit=hit)
+    return event.follow(
+        VocalsSeparated,
+        keys=keys,
+        sample_rate=44100,
+        duration_s=1.0,
+        separator_model="copy",
+        cache_hit=hit,
+    )
 
 
 def trainer(event: VocalsSeparated, ctx: StageContext) -> VoiceTrained:
     digest = _digest(ctx, event.keys.vocals or "")
     model = keylayout.voice_prefix(digest) + "model.pth"
-    hit = _compute(ctx, event.keys.vocals, {"model": model}, "trained")
+    hit = _compute(ctx, event.job_id, event.keys.vocals, {"model": model}, "trained")
     keys = event.keys.model_copy(update={"voice_model": model})
     return event.follow(VoiceTrained, keys=keys, voice_kind="world", cache_hit=hit)
 
@@ -69,17 +82,24 @@ def trainer(event: VocalsSeparated, ctx: StageContext) -> VoiceTrained:
 def converter(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
     digest = _digest(ctx, event.keys.vocals or "", event.keys.voice_model or "")
     out = keylayout.converted_key(digest)
-    hit = _compute(ctx, event.keys.vocals, {"converted": out}, "converted")
+    hit = _compute(ctx, event.job_id, event.keys.vocals, {"converted": out}, "converted")
     keys = event.keys.model_copy(update={"converted_vocals": out})
-    return event.follow(VocalsConverted, keys=keys, backend="world", sample_rate=44100,
-                        duration_s=1.0, cache_hit=hit)
+    return event.follow(
+        VocalsConverted,
+        keys=keys,
+        backend="world",
+        sample_rate=44100,
+        duration_s=1.0,
+        cache_hit=hit,
+    )
 
 
 def mixer(event: VocalsConverted, ctx: StageContext):  # type: ignore[no-untyped-def]
     from schemas.events import TrackReady
 
     key = keylayout.track_key(event.job_id, "wav")
-    hit = _compute(ctx, event.keys.converted_vocals, {"track": key}, "mixed")
+    hit = _compute(ctx, event.job_id, event.keys.converted_vocals, {"track": key}, "mixed")
     keys = event.keys.model_copy(update={"track": key})
-    return event.follow(TrackReady, keys=keys, track_key=key, format="wav", duration_s=1.0,
-                        cache_hit=hit)
+    return event.follow(
+        TrackReady, keys=keys, track_key=key, format="wav", duration_s=1.0, cache_hit=hit
+    )

@@ -1,0 +1,211 @@
+"""Helpers for integration tests and benchmarks: the real local stack, worker processes, and a
+reader of topics. Everything started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.events import BY_TOPIC, Event
+from streams.admin import create_topics
+from streams.settings import Settings
+from streams.stack import StackConfig, down, up
+from streams.store import S3Store
+from streams.topics import physical
+
+ROOT = Path(__file__).resolve().parent.parent
+SINGTOME = str(Path(sys.executable).with_name("singtome"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_stack(root: Path) -> Iterator[StackConfig]:
+    """The real broker + S3 server on test ports (env SINGTOME_TEST_KAFKA_PORT / _S3_PORT)."""
+    cfg = StackConfig(
+        root=root,
+        kafka_port=int(os.environ.get("SINGTOME_TEST_KAFKA_PORT", "29092")),
+        s3_port=int(os.environ.get("SINGTOME_TEST_S3_PORT", "28333")),
+        bucket="singtome-test",
+    )
+    down(cfg)
+    up(cfg)
+    try:
+        yield cfg
+    finally:
+        down(cfg)
+
+
+@dataclass
+class Pipeline:
+    """One isolated pipeline on the shared stack: its own topic prefix, so its own topics and
+    consumer groups."""
+
+    stack: StackConfig
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")))
+
+    def __post_init__(self) -> None:
+        self.env = {
+            **os.environ,
+            **self.stack.env(),
+            "SINGTOME_TOPIC_PREFIX": self.prefix,
+            "SINGTOME_RETRY_BACKOFF_S": "0.2",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = Settings(
+            broker_url=self.stack.broker_url,
+            s3_bucket=self.stack.bucket,
+            topic_prefix=self.prefix,
+        )
+        for key in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ[key] = self.env[key]
+        self.store = S3Store(self.settings)
+        create_topics(self.settings)
+
+    def start_worker(
+        self,
+        stage: str,
+        handler: str | None = None,
+        group: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        argv = [SINGTOME, "worker", stage]
+        if handler:
+            argv += ["--handler", handler]
+        if group:
+            argv += ["--group", group]
+        log_path = self.logs / f"{self.prefix}{stage}-{port}.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                env={**self.env, "SINGTOME_HEALTH_PORT": str(port), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        proc.log_path = log_path  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        if wait:
+            self.wait_ready(proc, port)
+        return proc, port
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], port: int, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {proc.log_path.read_text()[-3000:]}")  # type: ignore[attr-defined]
+            if health(port).get("ready"):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready: {proc.log_path.read_text()[-3000:]}")  # type: ignore[attr-defined]
+
+    def start_test_workers(self, env: dict[str, str] | None = None) -> dict[str, int]:
+        """One worker per stage with the copy-and-tag test handlers; returns health ports."""
+        started = {
+            stage: self.start_worker(stage, f"tests.stages:{stage}", env=env, wait=False)
+            for stage in ("separator", "trainer", "converter", "mixer")
+        }
+        for proc, port in started.values():
+            self.wait_ready(proc, port)
+        return {stage: port for stage, (_, port) in started.items()}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def topic(self, name: str) -> str:
+        return physical(name, self.prefix)
+
+    def read(
+        self, topic: str, until: int, timeout_s: float = 60
+    ) -> list[tuple[dict[str, bytes], bytes]]:
+        """Every message of a topic from the beginning, once at least ``until`` are there."""
+        return asyncio.run(read_topic(self.settings, self.topic(topic), until, timeout_s))
+
+    def events(self, topic: str, until: int, timeout_s: float = 60) -> list[Event]:
+        cls = BY_TOPIC[topic]
+        return [cls.model_validate_json(v) for _, v in self.read(topic, until, timeout_s)]
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for _ in self.store.list(prefix))
+
+
+def health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+async def read_topic(
+    settings: Settings, topic: str, until: int, timeout_s: float
+) -> list[tuple[dict[str, bytes], bytes]]:
+    """Read with manual assignment from offset 0, stopping at the consumer's highwater.
+
+    (The local broker's ListOffsets(latest) is wrong for multi-record batches, so the end is
+    taken from the fetch responses' highwater, as the consumer sees it.)
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.admin import kafka_client_kwargs
+
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    messages: list[tuple[dict[str, bytes], bytes]] = []
+    try:
+        await consumer.topics()  # refreshes the metadata
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, 0)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    messages.append((dict(record.headers or ()), record.value))
+            caught_up = True
+            for tp in partitions:
+                highwater = consumer.highwater(tp)
+                if highwater is None or await consumer.position(tp) < highwater:
+                    caught_up = False
+            if len(messages) >= until and caught_up:
+                break
+    finally:
+        await consumer.stop()
+    return messages
