@@ -27,6 +27,9 @@ LIMITER_MARGIN_DB = 0.3
 # Long enough that the gain curve does not distort bass notes, short enough not to duck phrases.
 LIMITER_WINDOW_MS = 10.0
 MAX_PASSES = 6
+_PEAK_BLOCK = 1 << 16
+# resample_poly's filter reaches 10 input samples either side; a block needs that much context.
+_PEAK_CONTEXT = 64
 # Most gain reduction the limiter may apply; a peakier mix than that ends under the target.
 # A few dB is what a mastering limiter does unnoticed; more audibly flattens the drums.
 MAX_LIMITING_DB = 6.0
@@ -57,11 +60,28 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
 
 
 def _oversampled_peaks(audio: np.ndarray) -> np.ndarray:
-    """Largest absolute value of the 4x oversampled signal around each sample, over channels."""
+    """Largest absolute value of the 4x oversampled signal around each sample, over channels.
+
+    Computed in blocks (with enough context for the interpolation filter at each edge), so a
+    15-minute song never holds a 4x-longer float copy in memory.
+    """
     audio = _as_2d(audio)
-    upsampled = resample_poly(audio, OVERSAMPLING, 1, axis=0)
-    peaks = np.abs(upsampled).max(axis=1)
-    return peaks[: audio.shape[0] * OVERSAMPLING].reshape(-1, OVERSAMPLING).max(axis=1)
+    length = audio.shape[0]
+    peaks = np.empty(length, dtype=np.float32)
+    for start in range(0, length, _PEAK_BLOCK):
+        stop = min(length, start + _PEAK_BLOCK)
+        low, high = max(0, start - _PEAK_CONTEXT), min(length, stop + _PEAK_CONTEXT)
+        upsampled = resample_poly(audio[low:high], OVERSAMPLING, 1, axis=0)
+        # Element-wise maxima over columns and phases: much faster than max(axis=1) on a
+        # 2- or 4-wide axis.
+        magnitude = np.abs(upsampled[:, 0])
+        for channel in range(1, upsampled.shape[1]):
+            np.maximum(magnitude, np.abs(upsampled[:, channel]), out=magnitude)
+        block = magnitude[(start - low) * OVERSAMPLING : (stop - low) * OVERSAMPLING]
+        peaks[start:stop] = np.maximum.reduce(
+            [block[phase::OVERSAMPLING] for phase in range(OVERSAMPLING)]
+        )
+    return peaks
 
 
 def true_peak_db(audio: np.ndarray) -> float:
@@ -72,17 +92,20 @@ def true_peak_db(audio: np.ndarray) -> float:
     return float(20 * np.log10(peak)) if peak > 0 else float("-inf")
 
 
-def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float) -> np.ndarray:
+def limit(
+    audio: np.ndarray, sample_rate: int, ceiling_db: float, peaks: np.ndarray | None = None
+) -> np.ndarray:
     """Look-ahead peak limiter: keeps the oversampled peak at or under ``ceiling_db``.
 
     The gain each sample needs is held as a running minimum over ±window and then averaged over
     a window half as wide. Every averaged value then comes from minima that include the sample
     itself, so the smooth gain is never above what the sample needs (no overshoot) and it ramps
-    down before a peak rather than after it.
+    down before a peak rather than after it. ``peaks`` may be given when already known.
     """
     audio = _as_2d(audio)
     ceiling = 10 ** (ceiling_db / 20)
-    peaks = _oversampled_peaks(audio)
+    if peaks is None:
+        peaks = _oversampled_peaks(audio)
     needed = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
     if needed.min() >= 1.0:
         return audio
@@ -112,11 +135,13 @@ def normalise(
     limiter_ceiling = ceiling_db - LIMITER_MARGIN_DB
     # Gain (dB) that would put the true peak right at the limiter's ceiling; beyond it the limiter
     # works, and it may work at most MAX_LIMITING_DB before the mix just stays quieter.
-    max_gain_db = limiter_ceiling - true_peak_db(audio) + MAX_LIMITING_DB
-    source = audio
+    source, source_peaks = audio, _oversampled_peaks(audio)
+    max_gain_db = limiter_ceiling - 20 * np.log10(source_peaks.max()) + MAX_LIMITING_DB
 
     def limited(gain_db: float) -> tuple[np.ndarray, float | None]:
-        out = limit(_gain_db(source, gain_db), sample_rate, limiter_ceiling)
+        # Peaks scale with the gain: no need to oversample again on every pass.
+        gain = 10 ** (gain_db / 20)
+        out = limit(_gain_db(source, gain_db), sample_rate, limiter_ceiling, source_peaks * gain)
         return out, integrated_loudness(out, sample_rate)
 
     # Loudness after the limiter rises monotonically with the gain before it, but by less than
@@ -146,4 +171,5 @@ def normalise(
     if peak > ceiling_db:
         audio = _gain_db(audio, ceiling_db - peak)
         loudness = integrated_loudness(audio, sample_rate)
-    return Normalised(audio, loudness, true_peak_db(audio))
+        peak = ceiling_db
+    return Normalised(audio, loudness, peak)
