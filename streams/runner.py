@@ -13,8 +13,8 @@ implements with real topics and the unit tests with a list.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import tempfile
@@ -261,6 +261,8 @@ class Runner:
                 JobProgress, stage=self.stage.stage, fraction=fraction, message=message
             )
             self._save_state(update)
+            if loop.is_closed():  # the stage outlived its event (a timeout): nobody listens
+                return
             asyncio.run_coroutine_threadsafe(
                 self.emitter.send(JOB_PROGRESS, update.job_id, encode(update)), loop
             )

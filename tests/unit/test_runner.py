@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas.events import (
+    Event,
+    JobProgress,
+    ObjectKeys,
+    SongUploaded,
+    TrackFailed,
+    VocalsSeparated,
+    encode,
+)
+from streams.errors import StageError, TransientError
+from streams.runner import Runner
+from streams.settings import Settings
+from streams.stage import StageContext
+from streams.store import LocalStore, TransientStoreError
+from streams.topics import STAGES
+
+
+class ListEmitter:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes, dict[str, bytes] | None]] = []
+
+    async def send(
+        self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None
+    ) -> None:
+        self.sent.append((topic, key, value, headers))
+
+    def topics(self) -> list[str]:
+        return [t for t, *_ in self.sent if t != "job.progress"]
+
+    def last(self, topic: str) -> bytes:
+        return [v for t, _, v, _ in self.sent if t == topic][-1]
+
+
+def _separated(event: Event, ctx: StageContext) -> Event:
+    ctx.progress(0.5, "half way")
+    ctx.store.put_bytes("stems/x/vocals.flac", ctx.store.get_bytes(event.keys.song or ""))
+    return event.follow(
+        VocalsSeparated,
+        keys=event.keys.model_copy(update={"vocals": "stems/x/vocals.flac"}),
+        sample_rate=44100,
+        duration_s=1.0,
+        separator_model="test",
+    )
+
+
+def _runner(tmp_path: Path, handler, **settings: object) -> tuple[Runner, ListEmitter]:  # type: ignore[no-untyped-def]
+    emitter = ListEmitter()
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    runner = Runner(
+        stage=STAGES["separator"],
+        handler=handler,
+        settings=Settings(**settings),  # type: ignore[arg-type]
+        store=LocalStore(tmp_path / "store"),
+        emitter=emitter,
+        sleep=no_sleep,
+    )
+    return runner, emitter
+
+
+def _event(store: LocalStore, job_id: str = "job-1") -> SongUploaded:
+    store.put_bytes(f"uploads/{job_id}/song.wav", b"audio")
+    return SongUploaded(job_id=job_id, keys=ObjectKeys(song=f"uploads/{job_id}/song.wav"))
+
+
+def test_good_event_is_answered_with_history_and_state(tmp_path: Path) -> None:
+    runner, emitter = _runner(tmp_path, _separated)
+    event = _event(runner.store)  # type: ignore[arg-type]
+    outcome = asyncio.run(runner.process(encode(event)))
+    assert outcome.status == "done" and not outcome.duplicate
+    assert emitter.topics() == ["vocals.separated"]
+    out = VocalsSeparated.model_validate_json(emitter.last("vocals.separated"))
+    assert out.keys.vocals == "stems/x/vocals.flac"
+    assert [r.stage for r in out.history] == ["separator"]
+    assert out.history[0].finished_at >= out.history[0].started_at
+    state = json.loads(runner.store.get_bytes("jobs/job-1/vocals.separated.json"))
+    assert state["event_id"] == out.event_id
+    progress = [
+        JobProgress.model_validate_json(v) for t, _, v, _ in emitter.sent if t == "job.progress"
+    ]
+    assert any(p.fraction == 0.5 and p.message == "half way" for p in progress)
+
+
+def test_redelivery_is_counted_as_duplicate(tmp_path: Path) -> None:
+    runner, _ = _runner(tmp_path, _separated)
+    raw = encode(_event(runner.store))  # type: ignore[arg-type]
+    assert not asyncio.run(runner.process(raw)).duplicate
+    assert asyncio.run(runner.process(raw)).duplicate
+    assert len(list(runner.store.list("jobs/job-1/duplicates/separator/"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "job_id"),
+    [
+        (b"\xff\xfe not json", "malformed_event", "unknown"),
+        (
+            json.dumps({"job_id": "j9", "schema_version": "3.1"}).encode(),
+            "unsupported_schema_version",
+            "j9",
+        ),
+        (json.dumps({"job_id": "j8", "keys": {}}).encode(), "malformed_event", "j8"),
+    ],
+)
+def test_undecodable_events_fail_to_dlq(tmp_path: Path, raw: bytes, code: str, job_id: str) -> None:
+    runner, emitter = _runner(tmp_path, _separated)
+    outcome = asyncio.run(runner.process(raw))
+    assert outcome.status == "failed"
+    assert emitter.topics() == ["song.uploaded.dlq", "track.failed"]
+    _, _, value, headers = emitter.sent[0]
+    assert value == raw and headers and headers["singtome-error-code"] == code.encode()
+    failed = TrackFailed.model_validate_json(emitter.last("track.failed"))
+    assert (failed.code, failed.job_id, failed.stage, failed.retriable) == (
+        code,
+        job_id,
+        "separator",
+        False,
+    )
+
+
+def test_oversized_event(tmp_path: Path) -> None:
+    runner, _ = _runner(tmp_path, _separated, max_event_bytes=1024)
+    event = _event(runner.store)  # type: ignore[arg-type]
+    event.options.output.title = "x" * 2000
+    outcome = asyncio.run(runner.process(encode(event)))
+    assert outcome.failure and outcome.failure.code == "event_too_large"
+    assert outcome.failure.job_id == "job-1"
+
+
+def test_stage_errors_and_crashes_become_track_failed(tmp_path: Path) -> None:
+    def bad_input(event: Event, ctx: StageContext) -> Event:
+        raise StageError("not_audio", "song.wav is not audio")
+
+    def bug(event: Event, ctx: StageContext) -> Event:
+        raise ZeroDivisionError("oops")
+
+    for handler, code in (
+        (bad_input, "not_audio"),
+        (bug, "internal_error"),
+        (_separated, "missing_object"),
+    ):
+        runner, emitter = _runner(tmp_path, handler)
+        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/none.wav"))
+        outcome = asyncio.run(runner.process(encode(event)))
+        assert outcome.failure and outcome.failure.code == code
+        assert outcome.failure.source_event_id == event.event_id
+        assert emitter.topics() == ["song.uploaded.dlq", "track.failed"]
+    assert StageError("not_audio", "x").retriable is False
+    with pytest.raises(ValueError, match="unknown error code"):
+        StageError("no_such_code", "x")
+
+
+def test_transient_errors_are_retried_then_succeed(tmp_path: Path) -> None:
+    calls = []
+
+    def flaky(event: Event, ctx: StageContext) -> Event:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientStoreError("S3 503")
+        return _separated(event, ctx)
+
+    runner, emitter = _runner(tmp_path, flaky, transient_retries=5)
+    outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
+    assert outcome.status == "done" and len(calls) == 3
+    assert emitter.topics() == ["vocals.separated"]
+
+
+def test_transient_errors_past_the_bound_fail_retriable(tmp_path: Path) -> None:
+    calls = []
+
+    def down(event: Event, ctx: StageContext) -> Event:
+        calls.append(1)
+        raise TransientError("store_unavailable", "S3 is down")
+
+    runner, _ = _runner(tmp_path, down, transient_retries=2)
+    outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
+    assert outcome.failure and outcome.failure.retriable
+    assert outcome.failure.code == "store_unavailable" and outcome.failure.attempt == 3
+    assert len(calls) == 3
+
+
+def test_stage_timeout_fails_retriable(tmp_path: Path) -> None:
+    import time
+
+    def slow(event: Event, ctx: StageContext) -> Event:
+        time.sleep(1.0)
+        return _separated(event, ctx)
+
+    runner, _ = _runner(tmp_path, slow, stage_timeout_s=0.2)
+    outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
+    assert outcome.failure and outcome.failure.code == "timeout" and outcome.failure.retriable
