@@ -280,10 +280,22 @@ def test_uvr_stems_are_named_by_the_model(uvr_model_dir: Path, no_network: None)
     from agents.separator.backends.uvr import UvrBackend
 
     backend = UvrBackend("UVR-DeNoise-Lite.pth", uvr_model_dir)
+    vocal, _ = synth.sung_vocal(1.0, seed=4)
+    noisy = synth.as_stereo(vocal)
+    noisy = noisy + 0.02 * np.random.default_rng(4).standard_normal(noisy.shape).astype(np.float32)
     try:
         assert backend.stems == ("Noise", "No Noise")
+        stems = backend.separate(noisy)
     finally:
         backend.close()
+    assert list(stems) == ["Noise", "No Noise"]
+    assert all(s.shape == noisy.shape and s.dtype == np.float32 for s in stems.values())
+    # The two stems split the input between them.
+    residual = stems["Noise"] + stems["No Noise"] - noisy
+    assert np.sqrt(np.mean(residual**2)) < 0.05 * np.sqrt(np.mean(noisy**2))
+    # Stems come back at full precision, not rounded to 16 bits on the way through files.
+    scaled = stems["No Noise"] * 32768
+    assert np.mean(np.abs(scaled - np.round(scaled)) > 0.01) > 0.5
 
 
 def test_uvr_never_downloads_missing_model_parts(uvr_model_dir: Path, no_network: None) -> None:

@@ -139,25 +139,29 @@ class UvrBackend:
         call_dir = Path(tempfile.mkdtemp(dir=self._workdir))
         try:
             chunk = call_dir / "chunk.wav"
-            sf.write(chunk, audio, SAMPLE_RATE, subtype="FLOAT")
+            # audio-separator writes stems at the input's bit depth but reads float WAVs as
+            # 16-bit; 32-bit integer keeps full precision (overs are clipped first).
+            sf.write(chunk, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_32")
             self._separator.output_dir = str(call_dir)
             self._separator.model_instance.output_dir = str(call_dir)
             with warnings.catch_warnings():
                 self._separator.separate(str(chunk))
-            stems: Stems = {}
-            for path in sorted(call_dir.glob("chunk_(*)_*.wav")):
+            written: Stems = {}
+            for path in call_dir.glob("chunk_(*)_*.wav"):
                 match = _STEM_IN_NAME.search(path.name)
                 if match:
                     data, _ = sf.read(path, dtype="float32", always_2d=True)
                     if data.shape[1] == 1:
                         data = np.repeat(data, 2, axis=1)
-                    stems[match.group(1)] = fit_frames(data[:, :2], frames)
+                    written[match.group(1)] = fit_frames(data[:, :2], frames)
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
-        if not stems:
+        if not written:
             raise RuntimeError(f"UVR model {self.name} wrote no stems")
-        self.stems = tuple(stems)
-        return stems
+        # The model's own order (primary stem first), then any extra stems (multi-stem models).
+        order = [n for n in self.stems if n in written] + sorted(set(written) - set(self.stems))
+        self.stems = tuple(order)
+        return {name: written[name] for name in order}
 
     def close(self) -> None:
         workdir = getattr(self, "_workdir", None)
