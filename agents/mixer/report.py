@@ -21,6 +21,7 @@ import torch
 import torchaudio.functional
 from matplotlib import patheffects
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 # The Figure API renders with Agg without pyplot: no display, no global backend state to set.
 from matplotlib.figure import Figure
@@ -40,6 +41,7 @@ F0_CEIL_HZ = 1100.0
 # DIO decimates by this before its search (16 kHz -> 4 kHz, still above twice F0_CEIL_HZ): four
 # times faster on a whole song, and StoneMask refines the estimate afterwards.
 DIO_SPEED = 4
+F0_MIN_LEVEL_DB = 45.0  # frames this far below the loudest frame count as unvoiced
 # Log-frequency axis from the lowest sung note to the top of the vowel formants: the f0 curve
 # then shows across the whole figure height instead of a thin line at the bottom.
 SPECTROGRAM_MIN_HZ = 50.0
@@ -85,7 +87,13 @@ def _f0(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         speed=DIO_SPEED,
     )
     f0 = pyworld.stonemask(audio, f0, times, ANALYSIS_RATE)
-    return times, np.where(f0 > 0, f0, np.nan)
+    # DIO finds periodicity even in a fade-out far below anything audible: drop those frames.
+    hop = int(ANALYSIS_RATE * FRAME_PERIOD_MS / 1000)
+    frames = np.minimum((times * ANALYSIS_RATE).astype(int) // hop, audio.size // hop - 1)
+    usable = audio[: (audio.size // hop) * hop].reshape(-1, hop)
+    level = np.sqrt(np.mean(usable**2, axis=1))[np.maximum(frames, 0)]
+    audible = level > level.max() * 10 ** (-F0_MIN_LEVEL_DB / 20) if level.size else level
+    return times, np.where((f0 > 0) & audible, f0, np.nan)
 
 
 def _plot_waveform(ax: Axes, track: _Track, duration_s: float) -> None:
@@ -186,7 +194,13 @@ def render_report(
 
     f0_curves = {t.name: _f0(t.audio) for t in tracks if t.name in (ORIGINAL, CONVERTED)}
     rows = len(tracks) + (1 if f0_curves else 0)
+    # A fixed layout (no tight_layout): the panels' sizes are known, and measuring every text
+    # extent to lay them out cost as much as drawing the whole figure.
     figure = Figure(figsize=(16, 3.2 * rows))
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(
+        left=0.05, right=0.99, top=1 - 0.35 / (3.2 * rows), bottom=0.6 / (3.2 * rows), hspace=0.45
+    )
     axes = figure.subplots(rows, 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1.4]})
     # One time axis for every panel, so a moment lines up down the page.
     duration_s = max(t.duration_s for t in tracks)
@@ -204,7 +218,6 @@ def render_report(
         comparison.set_xlim(0, duration_s)
     for ax in axes[len(tracks) - 1]:
         ax.set_xlabel("time (s)")
-    figure.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=90)
     log.info("report rendered", path=str(out_png), tracks=[t.name for t in tracks])

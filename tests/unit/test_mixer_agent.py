@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from agents.mixer import agent
+from agents.mixer import agent, report
 from agents.mixer.report import render_report, report_for_job
 from schemas.events import (
     JobOptions,
@@ -26,21 +26,21 @@ from streams.keys import job_event_key, track_key
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore, put_json
-from tests.unit.test_mixer import RATE, drum_loop, noise, stereo, tone, write_stem
+from tests import audio_synth
+from tests.unit.test_mixer import RATE, stereo, tone, write_stem
 
 JOB = "job-42"
 
 
-def sung_line(seconds: float, rate: int, semitones: float = 0.0) -> np.ndarray:
-    """A vibrato melody with harmonics and gaps, like a sung phrase (known f0)."""
-    t = np.arange(int(seconds * rate)) / rate
-    f0 = 220 * 2 ** (
-        (semitones + 2 * np.sin(2 * np.pi * 0.3 * t) + 0.3 * np.sin(2 * np.pi * 5.5 * t)) / 12
-    )
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    voiced = (np.sin(2 * np.pi * 0.5 * t) > -0.6).astype(np.float64)
-    line = sum(0.25 / k * np.sin(k * phase) for k in range(1, 8)) * voiced
-    return line.astype(np.float32)
+MELODY_HZ = [220.0, 246.94, 261.63, 293.66, 329.63, 293.66, 261.63, 246.94]
+CONVERTED_SHIFT = 3  # semitones: the "converted" vocal sings the same words 3 semitones higher
+
+
+def sung(seconds: float, rate: int, semitones: float = 0.0) -> np.ndarray:
+    """espeak-ng words sung on a known melody (pyworld), as the separator/converter would give."""
+    notes = [hz * 2 ** (semitones / 12) for hz in MELODY_HZ]
+    audio, _ = audio_synth.sung_vocal(seconds, rate, notes_hz=notes, seed=5)
+    return audio
 
 
 @pytest.fixture
@@ -49,11 +49,11 @@ def store(tmp_path: Path) -> LocalStore:
     stems = tmp_path / "stems"
     stems.mkdir()
     store.put_file(
-        "stems/abc/vocals.flac", write_stem(stems / "vocals.flac", sung_line(3.0, RATE), RATE)
+        "stems/abc/vocals.flac", write_stem(stems / "vocals.flac", sung(3.0, RATE), RATE)
     )
     store.put_file(
         "stems/abc/accompaniment.flac",
-        write_stem(stems / "accompaniment.flac", drum_loop(3.0) * 0.5 + noise(3.0, amplitude=0.02)),
+        write_stem(stems / "accompaniment.flac", audio_synth.accompaniment(3.0, RATE, seed=2)),
     )
     store.put_file(
         "stems/abc/backing_vocals.flac",
@@ -61,7 +61,7 @@ def store(tmp_path: Path) -> LocalStore:
     )
     store.put_file(
         "converted/def/vocals.flac",
-        write_stem(stems / "converted.flac", sung_line(3.02, 40000, semitones=3.0), 40000),
+        write_stem(stems / "converted.flac", sung(3.02, 40000, CONVERTED_SHIFT), 40000),
     )
     return store
 
@@ -196,21 +196,35 @@ def _image_checks(png: Path) -> np.ndarray:
 
 
 def test_report_renders_waveforms_spectrograms_and_f0(tmp_path: Path) -> None:
-    original = write_stem(tmp_path / "orig.flac", sung_line(3.0, RATE), RATE)
-    converted = write_stem(tmp_path / "conv.flac", sung_line(3.0, 40000, 3.0), 40000)
-    mix = write_stem(
-        tmp_path / "mix.wav", stereo(sung_line(3.0, RATE)) + noise(3.0, amplitude=0.05)
-    )
+    original = write_stem(tmp_path / "orig.flac", sung(3.0, RATE), RATE)
+    converted = write_stem(tmp_path / "conv.flac", sung(3.0, 40000, CONVERTED_SHIFT), 40000)
+    band = audio_synth.accompaniment(3.0, RATE, seed=2)
+    mix = write_stem(tmp_path / "mix.wav", audio_synth.mix(sung(3.0, RATE), band))
 
     png = render_report(original, converted, mix, tmp_path / "out" / "report.png")
 
     image = _image_checks(png)
-    full_height = image.shape[0]
     # Fewer inputs, fewer rows: only the converted vocals (one row plus its f0 panel).
     small = _image_checks(render_report(None, converted, None, tmp_path / "small.png"))
-    assert small.shape[0] < full_height
+    assert small.shape[0] < image.shape[0]
     with pytest.raises(ValueError):
         render_report(None, None, None, tmp_path / "nothing.png")
+
+
+def test_report_pitch_tracks_find_the_transpose(tmp_path: Path) -> None:
+    """The f0 panel's title states the converted-minus-original shift; it must be right."""
+    original = report._load(report.ORIGINAL, write_stem(tmp_path / "o.flac", sung(3.0, RATE)))
+    converted = report._load(
+        report.CONVERTED,
+        write_stem(tmp_path / "c.flac", sung(3.0, 40000, CONVERTED_SHIFT), 40000),
+    )
+    _, original_f0 = report._f0(original.audio)
+    _, converted_f0 = report._f0(converted.audio)
+
+    shift = report._median_shift_semitones(original_f0, converted_f0)
+    assert shift == pytest.approx(CONVERTED_SHIFT, abs=0.2)
+    voiced = original_f0[np.isfinite(original_f0)]
+    assert voiced.size > 50 and 200 < np.median(voiced) < 340  # the melody's range
 
 
 def test_report_for_job_reads_the_keys_from_the_job_state(
