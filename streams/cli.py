@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from streams.settings import Settings, get_settings
+from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
     help="singtome: song covers in your own voice (Kafka stages + S3).",
@@ -25,6 +27,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 
 STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
+LOCAL_STORE = CACHE_HOME / "local-store"
 
 
 def _stack_config(settings: Settings) -> Any:
@@ -323,6 +326,292 @@ def replay(
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------------------
+# stages without Kafka: for musicians, notebooks and debugging
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _bar(description: str) -> Iterator[Callable[[float, str], None]]:
+    """A progress bar; yields the ``progress(fraction, message)`` callback the stages take."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=_console(),
+    ) as bars:
+        task = bars.add_task(description, total=1.0, note="")
+
+        def update(fraction: float, message: str = "") -> None:
+            bars.update(task, completed=fraction, note=message[:60])
+
+        yield update
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _quiet_logs() -> None:
+    from streams.logging import configure_logging
+
+    configure_logging("WARNING", "console")
+
+
+def _stage_errors(fn: Callable[[], Any]) -> Any:
+    """Run a stage; a StageError is the user's input at fault: say so and exit 2, no traceback."""
+    from streams.errors import StageError
+
+    try:
+        return fn()
+    except StageError as exc:
+        _fail(f"{exc.code}: {exc.message}", code=2)
+
+
+@app.command()
+def separate(
+    song: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    model: Annotated[
+        str | None, typer.Option(help="'spleeter' or a UVR model file in SINGTOME_MODEL_DIR/uvr.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <song>_stems).")] = None,
+) -> None:
+    """Separate SONG into vocal and accompaniment stems (FLAC, 44.1 kHz stereo)."""
+    from agents.separator.cli import separate_command
+
+    _quiet_logs()
+    with _bar("separating") as progress:
+        result = _stage_errors(lambda: separate_command(song, model, out, progress=progress))
+    for name, path in result.stems.items():
+        typer.echo(f"{name}\t{path}")
+
+
+@app.command()
+def train(
+    trainset_dir: Annotated[
+        Path | None,
+        typer.Option(help="Voice recordings folder (default $SM_CHANNEL_TRAINING on SageMaker)."),
+    ] = None,
+    exp_dir: Annotated[
+        str | None,
+        typer.Option(help="Experiment name or folder for the model (default $SM_MODEL_DIR)."),
+    ] = None,
+    sample_rate: Annotated[str, typer.Option(help="40k | 48k")] = "40k",
+    f0_method: Annotated[str, typer.Option(help="rmvpe | harvest | dio | pm | crepe | fcpe")] = (
+        "rmvpe"
+    ),
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    pretrained_g: Annotated[Path | None, typer.Option(help="e.g. f0G40k.pth")] = None,
+    pretrained_d: Annotated[Path | None, typer.Option(help="e.g. f0D40k.pth")] = None,
+) -> None:
+    """Train a voice model (RVC v2; the WORLD fallback profile when no HuBERT is configured)."""
+    from agents.trainer.stage import VoiceTrainingConfig, train_voice, voice_kind
+    from streams.client import AUDIO_SUFFIXES
+
+    trainset_dir = trainset_dir or _env_path("SM_CHANNEL_TRAINING")
+    target = exp_dir or os.environ.get("SM_MODEL_DIR")
+    if trainset_dir is None or target is None:
+        _fail(
+            "give --trainset-dir and --exp-dir "
+            "(or run where SM_CHANNEL_TRAINING and SM_MODEL_DIR are set)"
+        )
+    assert trainset_dir is not None and target is not None
+    out_dir = Path(target) if ("/" in target or Path(target).is_dir()) else Path("logs") / target
+    settings = get_settings()
+    files = [p for p in sorted(trainset_dir.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+    config = VoiceTrainingConfig(
+        sample_rate=sample_rate,  # type: ignore[arg-type]
+        f0_method=f0_method,
+        epochs=epochs,
+        batch_size=batch_size,
+        pretrained_g=str(pretrained_g) if pretrained_g else None,
+        pretrained_d=str(pretrained_d) if pretrained_d else None,
+        model_size=settings.train_model_size,
+    )
+    _quiet_logs()
+    if voice_kind(settings) == "world":
+        typer.secho(
+            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): learning the "
+            "WORLD fallback voice profile, not an RVC model",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    with _bar("training") as progress:
+        trained = _stage_errors(lambda: train_voice(files, out_dir, config, settings, progress))
+    for line in trained.skipped:
+        typer.secho(f"skipped {line}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(
+        json.dumps(
+            {
+                "kind": trained.kind,
+                "files": {k: str(v) for k, v in trained.files.items()},
+                "metrics": trained.metrics,
+            },
+            indent=2,
+        )
+    )
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+@app.command()
+def convert(
+    sid0: Annotated[str, typer.Option("--sid0", help="Voice model .pth (or WORLD profile.npz).")],
+    input_audio0: Annotated[str, typer.Option("--input-audio0", help="The vocals to convert.")],
+    file_index2: Annotated[
+        str | None, typer.Option("--file-index2", help="The model's .index.")
+    ] = None,
+    f0_up_key: Annotated[int, typer.Option("--f0-up-key")] = 0,
+    f0_method: Annotated[str, typer.Option("--f0-method")] = "rmvpe",
+    index_rate: Annotated[float, typer.Option("--index-rate")] = 0.75,
+    filter_radius: Annotated[int, typer.Option("--filter-radius")] = 3,
+    rms_mix_rate: Annotated[float, typer.Option("--rms-mix-rate")] = 0.25,
+    protect: Annotated[float, typer.Option("--protect")] = 0.33,
+    out: Annotated[str | None, typer.Option("--out", help="Output FLAC.")] = None,
+) -> None:
+    """Convert vocals into a voice (the seed's rvc-infer.py, same option names)."""
+    from agents.converter.cli import convert_command
+
+    _quiet_logs()
+    result = _stage_errors(
+        lambda: convert_command(
+            sid0,
+            input_audio0,
+            file_index2,
+            f0_up_key,
+            f0_method,
+            index_rate,
+            filter_radius,
+            rms_mix_rate,
+            protect,
+            out,
+        )
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "path": str(result.path),
+                "backend": result.backend,
+                "sample_rate": result.sample_rate,
+                "duration_s": result.duration_s,
+            }
+        )
+    )
+
+
+@app.command()
+def cover(
+    song: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    voice: Annotated[
+        Path, typer.Option(exists=True, help="Voice dataset folder, or an RVC .pth / profile.npz.")
+    ],
+    index: Annotated[Path | None, typer.Option(exists=True, help="The model's .index.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to copy the track.")] = None,
+    store: Annotated[
+        Path, typer.Option(help="Local object store (cache of stems and voices).")
+    ] = LOCAL_STORE,
+    separator_model: Annotated[str | None, typer.Option()] = None,
+    skip_separation: Annotated[bool, typer.Option(help="The song is a bare vocal.")] = False,
+    f0_up_key: Annotated[int, typer.Option(help="Transpose the voice (semitones).")] = 0,
+    f0_method: Annotated[str | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="wav|flac|mp3|m4a")] = None,
+    title: Annotated[str | None, typer.Option()] = None,
+    artist: Annotated[str | None, typer.Option()] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write a PNG report here.")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
+) -> None:
+    """One command, one cover: every stage in this process, no broker, a local store."""
+    import shutil
+
+    from pydantic import ValidationError
+
+    from streams.local import run_cover
+
+    settings = get_settings()
+    try:
+        options = _options(
+            separator_model,
+            skip_separation,
+            f0_up_key,
+            f0_method,
+            epochs,
+            fmt,
+            title,
+            artist,
+            force,
+        )
+    except ValidationError as exc:
+        _fail(str(exc))
+    voice_dir = voice if voice.is_dir() else None
+    model = voice if voice.is_file() else None
+    _quiet_logs()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=_console(),
+    ) as bars:
+        tasks = {name: bars.add_task(name, total=1.0, note="") for name in STAGE_NAMES}
+
+        def progress(stage: str, fraction: float, message: str) -> None:
+            bars.update(tasks[stage], completed=fraction, note=message[:50])
+
+        ready, track = _stage_errors(
+            lambda: run_cover(
+                song,
+                settings=settings,
+                store_dir=store,
+                voice_dir=voice_dir,
+                voice_model=model,
+                voice_index=index,
+                options=options,
+                progress=progress,
+            )
+        )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, out)
+        track = out
+    if report is not None:
+        from agents.mixer.report import report_for_job
+        from streams.store import LocalStore
+
+        report_for_job(LocalStore(store), ready.job_id, report)
+        typer.echo(f"report\t{report}")
+    typer.echo(f"track\t{track}")
+    typer.echo(ready.model_dump_json(indent=2))
+
+
+@app.command("report")
+def report_command(
+    job_id: str,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("report.png"),
+    store: Annotated[
+        Path | None, typer.Option(help="A local store (from `cover`) instead of S3.")
+    ] = None,
+) -> None:
+    """Draw waveforms, spectrograms and f0 curves of a job's vocals and mix into a PNG."""
+    from agents.mixer.report import report_for_job
+    from streams.store import LocalStore, S3Store
+
+    _quiet_logs()
+    source = LocalStore(store) if store is not None else S3Store(get_settings())
+    typer.echo(str(report_for_job(source, job_id, out)))
 
 
 def main() -> None:

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     pretrained_dir: Path | None = Field(
         None, description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/…"
     )
+    train_model_size: Literal["full", "tiny"] = Field(
+        "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
+    )
     device: str = Field("auto", description="'auto' (CUDA when torch sees it), 'cpu', 'cuda:0'.")
     model_cache_mb: int = Field(4096, ge=64, description="Memory bound of loaded voice models.")
 

@@ -1,0 +1,204 @@
+"""The trainer stage as one plain function: a voice dataset in, a voice model out.
+
+With a HuBERT/ContentVec checkpoint configured (``SINGTOME_HUBERT_PATH``) this is RVC v2
+training: preprocessing → pitch + content features → synthesizer training → faiss index. Without
+one (a fresh machine: no weights can be bundled) it learns the WORLD fallback voice profile from
+the same dataset instead, and says so: ``kind`` is ``'world'``, never ``'rvc'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agents.trainer.profile import learn_profile_file
+from streams.errors import StageError
+from streams.logging import get_logger
+from streams.settings import Settings
+
+log = get_logger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+VoiceKind = Literal["rvc", "world"]
+
+MODEL_FILE = "model.pth"
+INDEX_FILE = "model.index"
+PROFILE_FILE = "profile.npz"
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class VoiceTrainingConfig:
+    """What decides the trained voice (part of the cache key, with the dataset bytes)."""
+
+    sample_rate: Literal["32k", "40k", "48k"] = "40k"
+    version: Literal["v1", "v2"] = "v2"
+    f0_method: str = "rmvpe"
+    epochs: int = 20
+    batch_size: int = 4
+    pretrained_g: str | None = None
+    pretrained_d: str | None = None
+    model_size: Literal["full", "tiny"] = "full"
+    seed: int = 1234
+
+    def key_params(self, kind: VoiceKind) -> dict[str, Any]:
+        if kind == "world":  # the profile depends on the audio alone
+            return {"kind": "world"}
+        return {"kind": "rvc", **asdict(self)}
+
+
+@dataclass
+class TrainedVoice:
+    kind: VoiceKind
+    files: dict[str, Path]  # "model" (the .pth or profile.npz) and, for RVC, "index"
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "file: reason" for unreadable files
+
+
+def voice_kind(settings: Settings) -> VoiceKind:
+    return "rvc" if settings.hubert_path is not None else "world"
+
+
+def readable_audio(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The files ffmpeg can decode, and a 'name: reason' line for each one it cannot."""
+    from agents.voice.audio import load_audio
+
+    good: list[Path] = []
+    skipped: list[str] = []
+    for path in sorted(files):
+        try:
+            audio = load_audio(path, 16000)
+        except Exception as exc:  # any decoder failure means: not usable audio
+            skipped.append(f"{path.name}: {str(exc).splitlines()[0][:200] or type(exc).__name__}")
+            continue
+        if audio.size == 0:
+            skipped.append(f"{path.name}: no samples")
+            continue
+        good.append(path)
+    for line in skipped:
+        log.warning("dataset file skipped", reason=line)
+    if not good:
+        raise StageError(
+            "dataset_empty",
+            "the voice dataset has no readable audio"
+            + (
+                f" ({len(skipped)} unreadable file(s): {'; '.join(skipped[:3])})" if skipped else ""
+            ),
+        )
+    return good, skipped
+
+
+def train_voice(
+    dataset_files: Sequence[Path],
+    out_dir: Path,
+    config: VoiceTrainingConfig,
+    settings: Settings,
+    progress: ProgressFn = _no_progress,
+) -> TrainedVoice:
+    """Train the voice heard in ``dataset_files`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, skipped = readable_audio(dataset_files)
+    if voice_kind(settings) == "world":
+        log.info("no content encoder configured: learning the WORLD fallback voice profile")
+        profile = learn_profile_file(files, out_dir, progress)
+        return TrainedVoice("world", {"model": profile}, skipped=skipped)
+    result = _train_rvc(files, out_dir, config, settings, progress)
+    result.skipped = skipped
+    return result
+
+
+def _train_rvc(
+    files: list[Path],
+    out_dir: Path,
+    config: VoiceTrainingConfig,
+    settings: Settings,
+    progress: ProgressFn,
+) -> TrainedVoice:
+    import shutil
+
+    from agents.trainer.features import extract_features
+    from agents.trainer.preprocess import preprocess_dataset
+    from agents.trainer.train import TrainConfig, train_model
+    from agents.voice.configs import SAMPLE_RATES
+    from agents.voice.content import load_content_encoder
+    from agents.voice.index import build_index, load_training_features, save_index
+
+    assert settings.hubert_path is not None
+    exp_dir = out_dir / "exp"
+
+    def phase(start: float, end: float) -> ProgressFn:
+        return lambda f, message: progress(start + (end - start) * f, message)
+
+    report = preprocess_dataset(
+        files,
+        exp_dir,
+        SAMPLE_RATES[config.sample_rate],
+        phase(0.0, 0.1),
+        silence_dbfs=settings.silence_dbfs,
+    )
+    encoder = load_content_encoder(settings.hubert_path, device=_device(settings))
+    extract_features(
+        exp_dir,
+        config.f0_method,
+        encoder,
+        config.version,
+        phase(0.1, 0.25),
+        rmvpe_path=settings.rmvpe_path,
+    )
+    pretrained_g, pretrained_d = _pretrained(config, settings)
+    result = train_model(
+        exp_dir,
+        TrainConfig(
+            sample_rate=config.sample_rate,  # type: ignore[arg-type]
+            version=config.version,
+            f0=True,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            pretrained_g=pretrained_g,
+            pretrained_d=pretrained_d,
+            seed=config.seed,
+            device=settings.device,
+            model_size=config.model_size,
+        ),
+        phase(0.25, 0.95),
+    )
+    progress(0.95, "building the retrieval index")
+    feature_dir = exp_dir / ("3_feature768" if config.version == "v2" else "3_feature256")
+    index = build_index(load_training_features(feature_dir))
+    model = shutil.copyfile(result.model_path, out_dir / MODEL_FILE)
+    index_path = save_index(index, out_dir / INDEX_FILE)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics.update(segments=float(report.segments), dataset_s=float(report.seconds))
+    progress(1.0, "voice model trained")
+    return TrainedVoice("rvc", {"model": Path(model), "index": index_path}, metrics)
+
+
+def _device(settings: Settings) -> str:
+    if settings.device != "auto":
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _pretrained(config: VoiceTrainingConfig, settings: Settings) -> tuple[Path | None, Path | None]:
+    """Explicit paths win; else RVC's public file names looked up in SINGTOME_PRETRAINED_DIR."""
+    g = Path(config.pretrained_g) if config.pretrained_g else None
+    d = Path(config.pretrained_d) if config.pretrained_d else None
+    if settings.pretrained_dir is not None and (g is None or d is None):
+        folder = settings.pretrained_dir
+        g = g or _existing(folder / f"f0G{config.sample_rate}.pth")
+        d = d or _existing(folder / f"f0D{config.sample_rate}.pth")
+    for path in (g, d):
+        if path is not None and not path.is_file():
+            raise StageError("model_not_found", f"pretrained weights not found: {path}")
+    return g, d
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None

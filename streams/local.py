@@ -1,0 +1,100 @@
+"""The whole pipeline in one process, without a broker: `singtome cover`.
+
+The same stage handlers the workers run are called one after the other, on a local folder used as
+the object store, so a musician with one laptop gets the same cover (and the same cache: a second
+cover with the same voice reuses the trained voice; the same song reuses its stems).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from schemas.events import Event, JobOptions, ObjectKeys, SongUploaded, StageRecord, TrackReady
+from streams.client import AUDIO_SUFFIXES, new_job_id
+from streams.keys import upload_key
+from streams.settings import Settings
+from streams.stage import StageContext
+from streams.store import LocalStore, put_json
+from streams.topics import STAGES
+from streams.worker import load_handler
+
+StageProgress = Callable[[str, float, str], None]
+
+
+def _no_progress(stage: str, fraction: float, message: str) -> None:
+    return None
+
+
+def run_cover(
+    song: Path,
+    *,
+    settings: Settings,
+    store_dir: Path,
+    voice_dir: Path | None = None,
+    voice_model: Path | None = None,
+    voice_index: Path | None = None,
+    options: JobOptions | None = None,
+    progress: StageProgress = _no_progress,
+    job_id: str | None = None,
+) -> tuple[TrackReady, Path]:
+    """Run every stage on ``song``; returns ``track.ready`` and the track's path on disk.
+
+    A stage's bad input raises :class:`streams.errors.StageError` (code + message), as the
+    workers would answer with ``track.failed``.
+    """
+    from datetime import UTC, datetime
+
+    store = LocalStore(store_dir)
+    job_id = job_id or new_job_id()
+    options = (options or JobOptions()).model_copy(deep=True)
+    song_key = upload_key(job_id, song.name)
+    store.put_file(song_key, song)
+    if voice_dir is not None:
+        prefix = f"uploads/{job_id}/voice/"
+        files = [p for p in sorted(voice_dir.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+        if not files:
+            raise ValueError(f"no audio files in {voice_dir}")
+        for path in files:
+            store.put_file(prefix + path.relative_to(voice_dir).as_posix(), path)
+        options.voice.dataset_key = prefix
+    if voice_model is not None:
+        options.voice.model_key = f"uploads/{job_id}/model/{voice_model.name}"
+        store.put_file(options.voice.model_key, voice_model)
+        if voice_index is not None:
+            options.voice.index_key = f"uploads/{job_id}/model/{voice_index.name}"
+            store.put_file(options.voice.index_key, voice_index)
+    event: Event = SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
+    for name in STAGES:
+        handler = load_handler(name)
+        workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{name}-"))
+        ctx = StageContext(
+            stage=name,
+            settings=settings,
+            store=store,
+            workdir=workdir,
+            progress=lambda f, m, name=name: progress(name, f, m),  # type: ignore[misc]
+            force=options.force,
+        )
+        started = datetime.now(UTC)
+        progress(name, 0.0, "started")
+        try:
+            output = handler(event, ctx)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        output.history = [
+            *event.history,
+            StageRecord(
+                stage=name,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                cache_hit=bool(getattr(output, "cache_hit", False)),
+            ),
+        ]
+        put_json(store, f"jobs/{job_id}/{output.topic}.json", output.model_dump(mode="json"))
+        progress(name, 1.0, "done")
+        event = output
+    assert isinstance(event, TrackReady)
+    return event, store.root / event.track_key
