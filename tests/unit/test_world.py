@@ -236,10 +236,10 @@ def test_long_vocals_are_converted_in_pieces(
     assert np.median(np.abs(cents)) < 50.0
     # No gaps at the joins: every 50 ms window where the source sings has sound in the output.
     window = SR // 20
-    loud = (
-        lambda x: np.sqrt(  # noqa: E731
-            np.mean(x[: len(x) // window * window].reshape(-1, window) ** 2, axis=1)
-        )
-    )
+
+    def loud(x: np.ndarray) -> np.ndarray:
+        frames = x[: len(x) // window * window].reshape(-1, window)
+        return np.sqrt(np.mean(frames**2, axis=1))
+
     singing = loud(vocals) > 0.05
     assert np.all(loud(converted)[singing] > 0.01)

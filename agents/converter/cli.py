@@ -1,0 +1,65 @@
+"""``singtome convert``: the seed's ``rvc-infer.py`` as a command (the CLI wires it into typer).
+
+The option names are the seed's: ``sid0`` is the voice model (a path, or a name in the model
+directory, with or without ``.pth``), ``input_audio0`` the vocals, ``file_index2`` the index
+(optional). A WORLD ``profile.npz`` in place of the model uses the no-weights fallback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.converter.stage import ConversionResult, convert_vocals
+from schemas.events import ConversionOptions
+from streams.errors import StageError
+from streams.settings import Settings, get_settings
+
+
+def _resolve_model_file(name: str, settings: Settings, suffixes: tuple[str, ...]) -> Path:
+    """A path as given, else the name looked up in the model directory (suffix optional)."""
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    candidates = [settings.model_dir / name] + [
+        settings.model_dir / f"{name}{suffix}" for suffix in suffixes
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise StageError(
+        "model_not_found",
+        f"{name!r} is neither a file nor in the model directory {settings.model_dir}",
+    )
+
+
+def convert_command(
+    sid0: str,
+    input_audio0: str,
+    file_index2: str | None = None,
+    f0_up_key: int = 0,
+    f0_method: str = "rmvpe",
+    index_rate: float = 0.75,
+    filter_radius: int = 3,
+    rms_mix_rate: float = 0.25,
+    protect: float = 0.33,
+    out: str | None = None,
+    settings: Settings | None = None,
+) -> ConversionResult:
+    """Convert ``input_audio0`` into the voice ``sid0``; writes FLAC to ``out`` (default
+    ``<input>_converted.flac`` beside the input) and returns what was written."""
+    settings = settings or get_settings()
+    params = ConversionOptions(
+        f0_up_key=f0_up_key,
+        f0_method=f0_method,
+        index_rate=index_rate,
+        filter_radius=filter_radius,
+        rms_mix_rate=rms_mix_rate,
+        protect=protect,
+    )
+    model = _resolve_model_file(sid0, settings, (".pth", ".npz"))
+    voice_files = [model]
+    if file_index2:
+        voice_files.append(_resolve_model_file(file_index2, settings, (".index",)))
+    vocals = Path(input_audio0).expanduser()
+    out_path = Path(out) if out else vocals.with_name(f"{vocals.stem}_converted.flac")
+    return convert_vocals(vocals, voice_files, params, settings, out_path=out_path)

@@ -1,0 +1,415 @@
+"""RVC inference: vocals in, the same vocals in the voice model's voice out.
+
+This follows RVC WebUI's published inference recipe, step by step:
+
+1. the vocals at 16 kHz, 48 Hz high-pass (zero phase) against rumble;
+2. long vocals cut at their quietest points near every ``center_s`` seconds (searched within
+   ``± query_s``), each piece converted with ``pad_s`` seconds of context on both sides that are
+   dropped afterwards, so the joins are seamless;
+3. f0 of the whole (reflect-padded) signal on the 10 ms grid, transposed by ``2^(key/12)``, and
+   median-filtered when ``filter_radius >= 3``;
+4. HuBERT/ContentVec features (50 per second) of each piece;
+5. optionally, each feature replaced in part (``index_rate``) by the ``1/d²``-weighted mean of its
+   8 nearest neighbours in the voice's training features (the index), which moves the timbre
+   toward the trained voice;
+6. features repeated to 100 per second; where the pitch is 0 (consonants, breaths) the source
+   features are kept in proportion ``1 - protect``, which keeps them intelligible;
+7. the synthesizer renders audio at the model's rate; the volume envelope is blended back toward
+   the source's by ``1 - rms_mix_rate``; the result may be resampled to an output rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from agents.converter.segments import quiet_cut_points, spans
+from schemas.events import ConversionOptions
+from streams.logging import get_logger
+
+log = get_logger(__name__)
+
+SAMPLE_RATE = 16_000  # content features and pitch are computed at 16 kHz
+WINDOW = 160  # samples per 10 ms pitch frame at 16 kHz
+FEATURE_UPSAMPLE = 2  # content features come at 50/s, the synthesizer wants 100/s
+# Pieces start on the content encoder's 20 ms grid, so their features line up with the whole's.
+PIECE_ALIGN = FEATURE_UPSAMPLE * WINDOW
+RETRIEVAL_NEIGHBOURS = 8
+SPEAKER_ID = 0
+# Prior noise makes every run differ; a fixed seed per piece makes a conversion reproducible.
+NOISE_SEED = 1234
+
+ProgressFn = Callable[[float, str], None]
+LoadedIndex = tuple[Any, np.ndarray]  # (faiss index, the training features it holds)
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+class ContentEncoder(Protocol):
+    def extract(self, audio16k: torch.Tensor, version: str) -> Any:
+        """``(frames, 768 | 256)`` content features at 50 frames per second."""
+        ...
+
+
+class PitchExtractor(Protocol):
+    name: str
+
+    def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Windows:
+    """RVC's piece lengths, in seconds (its CPU / fp32 defaults: x_pad 1, x_query 6, x_center 38,
+    x_max 41). Vocals no longer than ``max_s`` are converted in one piece."""
+
+    pad_s: float = 1.0
+    query_s: float = 6.0
+    center_s: float = 38.0
+    max_s: float = 41.0
+
+    def samples(self, seconds: float) -> int:
+        # Whole content frames, so every piece starts on the 20 ms feature grid.
+        return round(seconds * SAMPLE_RATE / PIECE_ALIGN) * PIECE_ALIGN
+
+
+# --------------------------------------------------------------------------------------------------
+# The steps, each testable on its own
+# --------------------------------------------------------------------------------------------------
+
+
+def median_radius(filter_radius: int) -> int:
+    """The median-filter radius for RVC's ``filter_radius`` option.
+
+    RVC applies a 3-frame median when ``filter_radius >= 3``; larger values widen the window
+    (kernel ``filter_radius`` rounded down to odd), so 3 is exactly RVC's behaviour.
+    """
+    return (filter_radius - 1) // 2 if filter_radius >= 3 else 0
+
+
+def pitch_track(
+    audio16k: np.ndarray,
+    p_len: int,
+    extractor: PitchExtractor,
+    f0_up_key: int,
+    filter_radius: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(coarse pitch 1..255, f0 in Hz)`` per 10 ms frame, transposed by ``f0_up_key``.
+
+    The Hz track is what the NSF decoder sings; the coarse one is the pitch embedding's index.
+    """
+    from agents.voice.f0 import coarse_f0, median_filter_f0, shift_f0
+
+    f0 = np.asarray(extractor.compute(np.asarray(audio16k, dtype=np.float32), p_len))
+    f0 = shift_f0(f0, f0_up_key)
+    radius = median_radius(filter_radius)
+    if radius:
+        f0 = median_filter_f0(f0, radius)
+    f0 = np.asarray(f0, dtype=np.float32)[:p_len]
+    return coarse_f0(f0), f0
+
+
+def retrieve_features(
+    features: np.ndarray, index: LoadedIndex | None, index_rate: float
+) -> np.ndarray:
+    """Blend ``features`` toward their nearest neighbours in the voice's index by ``index_rate``."""
+    if index is None or index_rate <= 0:
+        return features
+    from agents.voice.index import blend_features
+
+    faiss_index, big_npy = index
+    blended = blend_features(
+        np.ascontiguousarray(features, dtype=np.float32),
+        faiss_index,
+        big_npy,
+        index_rate,
+        k=RETRIEVAL_NEIGHBOURS,
+    )
+    if isinstance(blended, torch.Tensor):
+        blended = blended.detach().cpu().numpy()
+    return np.asarray(blended, dtype=np.float32)
+
+
+def upsample_features(features: torch.Tensor, frames: int) -> torch.Tensor:
+    """50/s → 100/s (each frame twice, as RVC's nearest interpolation), exactly ``frames`` long.
+
+    HuBERT yields a frame or two fewer than the pitch grid; the last frame is repeated. Those
+    frames fall in a piece's context margin, which is cut away.
+    """
+    doubled = features.repeat_interleave(FEATURE_UPSAMPLE, dim=0)
+    if doubled.shape[0] < frames:
+        tail = doubled[-1:].expand(frames - doubled.shape[0], -1)
+        doubled = torch.cat([doubled, tail], dim=0)
+    return doubled[:frames]
+
+
+def protect_unvoiced(
+    converted: torch.Tensor, source: torch.Tensor, f0: torch.Tensor, protect: float
+) -> torch.Tensor:
+    """Keep consonants and breaths recognisable: where ``f0`` is 0 the features become
+    ``protect * converted + (1 - protect) * source``; voiced frames keep ``converted``.
+
+    ``protect >= 0.5`` turns protection off (RVC's convention).
+    """
+    if protect >= 0.5:
+        return converted
+    weight = torch.where(f0 > 0, torch.ones_like(f0), torch.full_like(f0, protect))
+    weight = weight.to(converted.dtype).unsqueeze(-1)
+    return converted * weight + source * (1.0 - weight)
+
+
+def _rms_envelope(audio: np.ndarray, sr: int, length: int) -> np.ndarray:
+    """RMS over 1 s frames every 0.5 s (centred), interpolated to ``length`` samples."""
+    frame, hop = sr // 2 * 2, sr // 2
+    padded = np.pad(np.asarray(audio, dtype=np.float64), (frame // 2, frame // 2))
+    count = 1 + max(0, (len(padded) - frame) // hop)
+    squares = np.concatenate(([0.0], np.cumsum(padded**2)))
+    starts = np.arange(count) * hop
+    rms = np.sqrt((squares[starts + frame] - squares[starts]) / frame)
+    if count == 1:
+        return np.full(length, rms[0])
+    return np.interp(np.linspace(0, count - 1, length), np.arange(count), rms)
+
+
+def mix_volume_envelope(
+    source: np.ndarray, source_sr: int, converted: np.ndarray, converted_sr: int, rate: float
+) -> np.ndarray:
+    """Give ``converted`` the volume envelope ``source^(1-rate) * converted^rate``.
+
+    ``rate`` 1 keeps the converted audio's own loudness contour; 0 copies the source's.
+    """
+    if rate >= 1.0 or len(converted) == 0:
+        return converted
+    source_rms = _rms_envelope(source, source_sr, len(converted))
+    converted_rms = np.maximum(_rms_envelope(converted, converted_sr, len(converted)), 1e-6)
+    gain = np.power(source_rms, 1.0 - rate) * np.power(converted_rms, rate - 1.0)
+    return (converted * gain).astype(np.float32)
+
+
+def cut_points(audio16k: np.ndarray, windows: Windows) -> list[int]:
+    """Where to split the vocals (empty when they fit one piece)."""
+    if len(audio16k) <= windows.samples(windows.max_s):
+        return []
+    return quiet_cut_points(
+        audio16k,
+        every=windows.samples(windows.center_s),
+        search=windows.samples(windows.query_s),
+        window=WINDOW,
+        align=PIECE_ALIGN,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    audio: np.ndarray  # 16 kHz, with pad_s context on each side
+    frames: int  # pitch frames of ``audio``
+    first_frame: int  # in the padded whole's frame grid
+    keep_frames: int  # frames after the leading context that belong to this piece
+
+
+def _pieces(
+    padded: np.ndarray, length: int, pad: int, windows: Windows, audio16k: np.ndarray
+) -> list[_Piece]:
+    pieces = []
+    for start, end in spans(length, cut_points(audio16k, windows)):
+        audio = padded[start : end + 2 * pad]
+        frames = len(audio) // WINDOW
+        pieces.append(
+            _Piece(
+                audio=audio,
+                frames=frames,
+                first_frame=start // WINDOW,
+                keep_frames=max(0, frames - 2 * pad // WINDOW),
+            )
+        )
+    return pieces
+
+
+def _features(
+    encoder: ContentEncoder, audio: np.ndarray, version: str, device: torch.device
+) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    with torch.no_grad():
+        features = encoder.extract(tensor.to(device), version)
+    features = torch.as_tensor(features)
+    if features.dim() == 3:  # (1, frames, dim)
+        features = features[0]
+    return features.float()
+
+
+def convert_piece(
+    voice_model: Any,
+    encoder: ContentEncoder,
+    index: LoadedIndex | None,
+    audio16k: np.ndarray,
+    frames: int,
+    pitch: np.ndarray | None,
+    pitchf: np.ndarray | None,
+    params: ConversionOptions,
+    seed: int = NOISE_SEED,
+) -> np.ndarray:
+    """One piece through content features, retrieval, protection and the synthesizer.
+
+    Returns ``frames * hop`` samples at the model's rate.
+    """
+    synthesizer = voice_model.synthesizer
+    device = next(synthesizer.parameters()).device
+    dtype = next(synthesizer.parameters()).dtype
+    source = _features(encoder, audio16k, voice_model.version, device).cpu()
+    if source.shape[1] != voice_model.phone_dim:
+        from streams.errors import StageError
+
+        raise StageError(
+            "model_mismatch",
+            f"the content encoder gives {source.shape[1]}-d features, the voice model "
+            f"({voice_model.version}) needs {voice_model.phone_dim}",
+        )
+    converted = torch.from_numpy(retrieve_features(source.numpy(), index, params.index_rate))
+    converted = upsample_features(converted, frames)
+    use_pitch = voice_model.f0 and pitch is not None and pitchf is not None
+    nsff0 = torch.from_numpy(np.asarray(pitchf[:frames], dtype=np.float32)) if use_pitch else None
+    if use_pitch and nsff0 is not None:
+        converted = protect_unvoiced(
+            converted, upsample_features(source, frames), nsff0, params.protect
+        )
+
+    phone = converted.unsqueeze(0).to(device, dtype)
+    lengths = torch.tensor([frames], device=device)
+    sid = torch.tensor([SPEAKER_ID], device=device)
+    coarse = (
+        torch.from_numpy(np.asarray(pitch[:frames], dtype=np.int64)).unsqueeze(0).to(device)
+        if use_pitch and pitch is not None
+        else None
+    )
+    nsf = nsff0.unsqueeze(0).to(device, dtype) if nsff0 is not None else None
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        audio = synthesizer.infer(phone, lengths, coarse, nsf, sid)
+    if isinstance(audio, tuple | list):  # RVC-style (audio, mask, ...) returns
+        audio = audio[0]
+    return audio.reshape(-1).float().cpu().numpy()
+
+
+def convert_audio16k(
+    audio16k: np.ndarray,
+    voice_model: Any,
+    encoder: ContentEncoder,
+    index: LoadedIndex | None,
+    params: ConversionOptions,
+    f0_extractor: PitchExtractor | None,
+    progress: ProgressFn = _no_progress,
+    windows: Windows = Windows(),
+) -> np.ndarray:
+    """Converted vocals at the model's rate from high-passed 16 kHz vocals."""
+    if len(audio16k) < WINDOW:
+        from streams.errors import StageError
+
+        raise StageError("empty_audio", "the vocals are shorter than one 10 ms frame")
+    tgt_sr = int(voice_model.tgt_sr)
+    hop = synth_hop(voice_model)
+    pad = windows.samples(windows.pad_s)
+    pad_frames = pad // WINDOW
+    length = len(audio16k)
+    padded = np.pad(audio16k, (pad, pad), mode="reflect")
+
+    pitch = pitchf = None
+    if voice_model.f0:
+        if f0_extractor is None:
+            raise ValueError("a pitch-guided voice model needs an f0 extractor")
+        progress(0.02, f"pitch ({f0_extractor.name})")
+        pitch, pitchf = pitch_track(
+            padded, len(padded) // WINDOW, f0_extractor, params.f0_up_key, params.filter_radius
+        )
+
+    pieces = _pieces(padded, length, pad, windows, audio16k)
+    outputs: list[np.ndarray] = []
+    for number, piece in enumerate(pieces):
+        span = slice(piece.first_frame, piece.first_frame + piece.frames)
+        rendered = convert_piece(
+            voice_model,
+            encoder,
+            index,
+            piece.audio,
+            piece.frames,
+            pitch[span] if pitch is not None else None,
+            pitchf[span] if pitchf is not None else None,
+            params,
+            seed=NOISE_SEED + number,
+        )
+        outputs.append(rendered[pad_frames * hop : (pad_frames + piece.keep_frames) * hop])
+        progress(0.1 + 0.85 * (number + 1) / len(pieces), f"converted piece {number + 1}")
+
+    converted = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
+    expected = round(length * tgt_sr / SAMPLE_RATE)
+    converted = _fit(converted, expected)
+    converted = mix_volume_envelope(audio16k, SAMPLE_RATE, converted, tgt_sr, params.rms_mix_rate)
+    peak = float(np.max(np.abs(converted))) if converted.size else 0.0
+    if peak > 0.99:  # RVC scales down instead of clipping
+        converted = converted * (0.99 / peak)
+    return np.asarray(converted, dtype=np.float32)
+
+
+def synth_hop(voice_model: Any) -> int:
+    """Output samples per 10 ms frame (the decoder's upsampling), e.g. 400 at 40 kHz."""
+    synthesizer = voice_model.synthesizer
+    hop = getattr(synthesizer, "hop_length", None)
+    if hop is None:
+        hop = math.prod(synthesizer.config.upsample_rates)
+    return int(hop)
+
+
+def _fit(audio: np.ndarray, length: int) -> np.ndarray:
+    if len(audio) >= length:
+        return audio[:length]
+    return np.pad(audio, (0, length - len(audio)))
+
+
+def convert_rvc(
+    vocals_path: Path,
+    voice_model: Any,
+    encoder: ContentEncoder,
+    index: LoadedIndex | None,
+    params: ConversionOptions,
+    f0_extractor: PitchExtractor | None,
+    progress: ProgressFn = _no_progress,
+    output_sr: int | None = None,
+    windows: Windows = Windows(),
+) -> tuple[np.ndarray, int]:
+    """The vocals file converted into ``voice_model``'s voice: ``(mono float32, sample rate)``.
+
+    The rate is the model's own (32/40/48 kHz) unless ``output_sr`` asks for another (the
+    stems' rate, so the mixer lines the vocals up with the accompaniment).
+    """
+    from agents.voice.audio import highpass_48hz, load_audio, resample
+
+    audio16k = highpass_48hz(load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True)
+    converted = convert_audio16k(
+        audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows
+    )
+    sr = int(voice_model.tgt_sr)
+    if output_sr and output_sr != sr:
+        converted = resample(converted, sr, output_sr)
+        sr = output_sr
+    log.info(
+        "vocals converted",
+        backend="rvc",
+        seconds=round(len(audio16k) / SAMPLE_RATE, 2),
+        model_sr=int(voice_model.tgt_sr),
+        f0=bool(voice_model.f0),
+        version=voice_model.version,
+        index=index is not None,
+    )
+    return converted, sr

@@ -1,0 +1,251 @@
+"""The converter stage as a plain function: vocals + a voice → converted vocals (FLAC, stem rate).
+
+Two backends, chosen by the voice file:
+
+* ``'rvc'``: an RVC voice model (``.pth``, optionally with its ``.index``), converted by
+  :mod:`agents.converter.pipeline` with the HuBERT/ContentVec checkpoint from
+  ``settings.hubert_path``;
+* ``'world'``: a WORLD voice profile (``profile.npz``), the no-weights fallback of
+  :mod:`agents.voice.world`, used when no content encoder is configured.
+
+The output has the stems' sample rate and exactly the vocals' length, so the mixer can lay it
+over the accompaniment sample for sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+
+from agents.converter.models import (
+    ModelCache,
+    cached_content_encoder,
+    cached_index,
+    cached_voice_model,
+    resolve_device,
+    shared_cache,
+)
+from agents.voice import world
+from schemas.events import ConversionOptions
+from streams.errors import StageError
+from streams.logging import get_logger
+from streams.settings import Settings
+
+log = get_logger(__name__)
+
+Backend = Literal["rvc", "world"]
+ProgressFn = Callable[[float, str], None]
+
+# Without RMVPE weights, FCPE (weights shipped inside torchfcpe) is the closest in quality.
+RMVPE_STAND_IN = "fcpe"
+# Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
+LOUDNESS_WINDOW_S = 0.05
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    path: Path  # FLAC at ``sample_rate``
+    backend: Backend
+    sample_rate: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class VoiceFiles:
+    """The voice to convert into: a model (or profile) file and the RVC index, if any."""
+
+    model: Path
+    index: Path | None
+    backend: Backend
+
+
+def find_voice_files(voice_dir_or_files: Path | Sequence[Path]) -> VoiceFiles:
+    """The voice files in a folder (or a list of files): ``*.pth`` + ``*.index``, or a WORLD
+    ``profile.npz`` (recognised by content). ``StageError('model_not_found')`` when none."""
+    if isinstance(voice_dir_or_files, str | Path):
+        root = Path(voice_dir_or_files)
+        files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    else:
+        files = [Path(p) for p in voice_dir_or_files if p is not None]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise StageError("model_not_found", f"voice file not found: {missing[0]}")
+    models = [p for p in files if p.suffix == ".pth"]
+    indexes = [p for p in files if p.suffix == ".index"]
+    profiles = [p for p in files if p.suffix == ".npz" and world.is_profile_file(p)]
+    if models:
+        # Training folders hold G_*/D_* checkpoints too; the exported model is the other one.
+        exported = [p for p in models if not p.name.startswith(("G_", "D_"))] or models
+        return VoiceFiles(exported[0], indexes[0] if indexes else None, "rvc")
+    if profiles:
+        return VoiceFiles(profiles[0], None, "world")
+    names = ", ".join(p.name for p in files) or "nothing"
+    raise StageError(
+        "model_not_found",
+        f"no voice model (.pth) or WORLD profile (profile.npz) among: {names}",
+    )
+
+
+def peak_loudness_dbfs(audio: np.ndarray, sr: int) -> float:
+    """RMS level (dBFS) of the loudest :data:`LOUDNESS_WINDOW_S` window."""
+    window = max(1, int(LOUDNESS_WINDOW_S * sr))
+    x = np.asarray(audio, dtype=np.float64)
+    usable = len(x) // window * window
+    if usable == 0:
+        energy = float(np.mean(x**2)) if x.size else 0.0
+    else:
+        energy = float(np.max(np.mean(x[:usable].reshape(-1, window) ** 2, axis=1)))
+    return 10.0 * float(np.log10(max(energy, 1e-20)))
+
+
+def _fit(audio: np.ndarray, length: int) -> np.ndarray:
+    if len(audio) >= length:
+        return audio[:length]
+    return np.pad(audio, (0, length - len(audio)))
+
+
+def pitch_method(params: ConversionOptions, settings: Settings) -> str:
+    """The f0 method that will run: RMVPE needs weights; without them FCPE stands in."""
+    method = params.f0_method.strip().lower()
+    if method == "rmvpe" and settings.rmvpe_path is None:
+        return RMVPE_STAND_IN
+    return method
+
+
+def _f0_extractor(method: str, settings: Settings, device: Any, cache: ModelCache) -> Any:
+    from agents.voice.f0 import get_f0_extractor
+
+    rmvpe = settings.rmvpe_path if method == "rmvpe" else None
+    key = f"f0:{method}:{rmvpe}:{device}"
+
+    def load() -> Any:
+        try:
+            return get_f0_extractor(method, rmvpe_path=rmvpe, device=str(device))
+        except ValueError as exc:
+            raise StageError("invalid_model", str(exc)) from None
+
+    return cache.get(key, load)
+
+
+def _index_dim(index: Any) -> int:
+    faiss_index, big_npy = index
+    dim = getattr(faiss_index, "d", None)
+    return int(dim) if dim is not None else int(np.asarray(big_npy).shape[1])
+
+
+def _convert_rvc(
+    vocals_path: Path,
+    voice: VoiceFiles,
+    params: ConversionOptions,
+    settings: Settings,
+    progress: ProgressFn,
+    cache: ModelCache,
+) -> tuple[np.ndarray, int]:
+    from agents.converter.pipeline import convert_rvc
+
+    if settings.hubert_path is None:
+        raise StageError(
+            "model_not_found",
+            "an RVC voice model needs a HuBERT/ContentVec checkpoint: set SINGTOME_HUBERT_PATH",
+        )
+    device = resolve_device(settings.device)
+    progress(0.0, "loading the voice model")
+    voice_model = cached_voice_model(voice.model, device, cache)
+    encoder = cached_content_encoder(settings.hubert_path, device, cache)
+    index = cached_index(voice.index, cache) if voice.index is not None else None
+
+    feature_dim = getattr(encoder, "feature_dim", None)
+    if callable(feature_dim):
+        try:
+            dim = int(feature_dim(voice_model.version))
+        except StageError as exc:
+            raise StageError("model_mismatch", f"content encoder: {exc.message}") from None
+        if dim != voice_model.phone_dim:
+            raise StageError(
+                "model_mismatch",
+                f"the content encoder gives {dim}-d features; the {voice_model.version} voice "
+                f"model needs {voice_model.phone_dim}",
+            )
+    if index is not None and _index_dim(index) != voice_model.phone_dim:
+        raise StageError(
+            "model_mismatch",
+            f"the index holds {_index_dim(index)}-d features; the {voice_model.version} voice "
+            f"model needs {voice_model.phone_dim}-d ({voice.index.name if voice.index else ''})",
+        )
+    extractor = (
+        _f0_extractor(pitch_method(params, settings), settings, device, cache)
+        if voice_model.f0
+        else None
+    )
+    return convert_rvc(
+        vocals_path,
+        voice_model,
+        encoder,
+        index,
+        params,
+        extractor,
+        lambda fraction, message: progress(0.05 + 0.9 * fraction, message),
+        output_sr=settings.stem_sample_rate,
+    )
+
+
+def convert_vocals(
+    vocals_path: Path,
+    voice_dir_or_files: Path | Sequence[Path],
+    params: ConversionOptions,
+    settings: Settings,
+    progress: ProgressFn = _no_progress,
+    out_path: Path | None = None,
+    cache: ModelCache | None = None,
+) -> ConversionResult:
+    """Convert the vocals at ``vocals_path`` into the voice in ``voice_dir_or_files``.
+
+    Writes FLAC at ``settings.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
+    Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
+    ``unsafe_model`` and the audio decoding codes of :func:`agents.voice.audio.load_audio`.
+    """
+    from agents.voice.audio import load_audio
+
+    vocals_path = Path(vocals_path)
+    voice = find_voice_files(voice_dir_or_files)
+    sr = settings.stem_sample_rate
+    vocals = load_audio(vocals_path, sr)
+    loudness = peak_loudness_dbfs(vocals, sr)
+    if loudness < settings.silence_dbfs:
+        raise StageError(
+            "silent_audio",
+            f"the vocals are silent (loudest {LOUDNESS_WINDOW_S * 1000:.0f} ms at "
+            f"{loudness:.0f} dBFS, below {settings.silence_dbfs:.0f})",
+        )
+    cache = cache if cache is not None else shared_cache(settings)
+
+    if voice.backend == "world":
+        profile = world.VoiceProfile.load(voice.model)
+        log.info("converting with the WORLD fallback voice", backend=world.BACKEND)
+        converted = world.convert_world(
+            vocals, sr, profile, params.f0_up_key, auto_key=True, progress=progress
+        )
+    else:
+        converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
+        if out_sr != sr:
+            from agents.voice.audio import resample
+
+            converted = resample(converted, out_sr, sr)
+    converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
+
+    out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out_path), converted, sr, format="FLAC", subtype="PCM_24")
+    progress(1.0, "vocals converted")
+    return ConversionResult(
+        path=out_path, backend=voice.backend, sample_rate=sr, duration_s=len(converted) / sr
+    )
