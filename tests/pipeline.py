@@ -158,6 +158,21 @@ class Pipeline:
         cls = BY_TOPIC[topic]
         return [cls.model_validate_json(v) for _, v in self.read(topic, until, timeout_s)]
 
+    def by_job(self, topic: str, job_ids: set[str], timeout_s: float = 300) -> dict[str, Event]:
+        """The last event of ``topic`` for each of ``job_ids``, waiting until all are there."""
+        import time as _time
+
+        deadline = _time.monotonic() + timeout_s
+        found: dict[str, Event] = {}
+        while True:
+            found = {e.job_id: e for e in self.events(topic, until=0, timeout_s=2)}
+            if job_ids <= set(found) or _time.monotonic() > deadline:
+                break
+            _time.sleep(1)
+        missing = job_ids - set(found)
+        assert not missing, f"no {topic} for {sorted(missing)} within {timeout_s:.0f} s"
+        return {job: found[job] for job in job_ids}
+
     def count(self, prefix: str) -> int:
         return sum(1 for _ in self.store.list(prefix))
 

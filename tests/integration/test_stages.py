@@ -1,0 +1,235 @@
+"""The real stage workers against the real broker and S3 server.
+
+One worker process per stage, with the real handlers (Spleeter separation, the WORLD fallback
+voice, the mixer). Each stage gets a bad input, which must end in ``track.failed`` with its own
+code, and good inputs, which must still be answered by the same worker afterwards. The last test
+runs a whole cover through all four.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from schemas.events import (
+    JobOptions,
+    ObjectKeys,
+    SongUploaded,
+    TrackFailed,
+    TrackReady,
+    VocalsConverted,
+    VocalsSeparated,
+    VoiceTrained,
+)
+from streams.client import publish
+from streams.stack import StackConfig
+from tests import audio_synth
+from tests.pipeline import Pipeline
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def line(stack: StackConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    pipeline = Pipeline(stack, logs=tmp_path_factory.mktemp("stage-logs"))
+    try:
+        started = [
+            pipeline.start_worker(s, wait=False)
+            for s in ("separator", "trainer", "converter", "mixer")
+        ]
+        for proc, port in started:
+            pipeline.wait_ready(proc, port, timeout_s=180)
+        yield pipeline
+    finally:
+        pipeline.stop()
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """A 4 s song, its bare vocal, and a two-take voice dataset of another voice, as WAV bytes."""
+    vocal, _ = audio_synth.sung_vocal(4.0, sr=SR, seed=3)
+    band = audio_synth.accompaniment(4.0, sr=SR, seed=3)
+    song = audio_synth.mix(vocal, band, -3.0)
+
+    def wav(samples: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, SR, format="WAV")
+        return buffer.getvalue()
+
+    takes = {}
+    for i in range(2):
+        speech = audio_synth.speech_voice(5.0, SR, voice="en+m3", seed=i)
+        takes[f"take{i}.wav"] = wav(speech[0] if isinstance(speech, tuple) else speech)
+    return {"song.wav": wav(song), "vocal.wav": wav(vocal), **takes}
+
+
+def _put(line: Pipeline, key: str, data: bytes) -> str:
+    line.store.put_bytes(key, data)
+    return key
+
+
+def _dataset(line: Pipeline, job: str, audio: dict[str, bytes]) -> str:
+    prefix = f"uploads/{job}/voice/"
+    for name in ("take0.wav", "take1.wav"):
+        _put(line, prefix + name, audio[name])
+    return prefix
+
+
+def _failures(line: Pipeline, *job_ids: str) -> dict[str, TrackFailed]:
+    return line.by_job("track.failed", set(job_ids))  # type: ignore[return-value]
+
+
+def test_separator_bad_song_a_cappella_and_good_song(
+    line: Pipeline, audio: dict[str, bytes]
+) -> None:
+    bad = SongUploaded(
+        job_id="sep-bad",
+        keys=ObjectKeys(song=_put(line, "uploads/sep-bad/song.mp3", b"<html>not audio</html>")),
+    )
+    good = SongUploaded(
+        job_id="sep-good",
+        keys=ObjectKeys(song=_put(line, "uploads/sep-good/song.wav", audio["song.wav"])),
+    )
+    bare = SongUploaded(
+        job_id="sep-bare",
+        keys=ObjectKeys(song=_put(line, "uploads/sep-bare/song.wav", audio["vocal.wav"])),
+    )
+    bare.options.separator.skip = True
+    publish(line.settings, bad, good, bare)
+
+    failed = _failures(line, "sep-bad")
+    assert failed["sep-bad"].code == "not_audio" and failed["sep-bad"].stage == "separator"
+    separated = line.by_job("vocals.separated", {"sep-good", "sep-bare"})
+    assert set(separated) == {"sep-good", "sep-bare"}
+    for event in separated.values():
+        assert isinstance(event, VocalsSeparated)
+        assert event.sample_rate == SR and event.duration_s == pytest.approx(4.0, abs=0.05)
+        vocals, rate = sf.read(io.BytesIO(line.store.get_bytes(event.keys.vocals or "")))
+        assert rate == SR and vocals.shape == (round(4.0 * SR), 2)
+    accompaniment, _ = sf.read(
+        io.BytesIO(line.store.get_bytes(separated["sep-bare"].keys.accompaniment or ""))
+    )
+    assert not np.any(accompaniment), "a cappella input: silent accompaniment"
+
+
+def test_trainer_empty_dataset_fails_then_trains_and_reuses(
+    line: Pipeline, audio: dict[str, bytes]
+) -> None:
+    _put(line, "uploads/tr-bad/voice/readme.txt", b"no audio here")
+    bad = VocalsSeparated(
+        job_id="tr-bad",
+        keys=ObjectKeys(song="s", vocals="v"),
+        sample_rate=SR,
+        duration_s=1.0,
+        separator_model="x",
+    )
+    bad.options.voice.dataset_key = "uploads/tr-bad/voice/"
+    first = bad.model_copy(update={"job_id": "tr-good-1", "event_id": "e1"}, deep=True)
+    first.options.voice.dataset_key = _dataset(line, "tr-good-1", audio)
+    second = bad.model_copy(update={"job_id": "tr-good-2", "event_id": "e2"}, deep=True)
+    second.options.voice.dataset_key = _dataset(line, "tr-good-2", audio)  # same voice again
+    publish(line.settings, bad, first, second)
+
+    assert _failures(line, "tr-bad")["tr-bad"].code == "dataset_empty"
+    trained = line.by_job("voice.trained", {"tr-good-1", "tr-good-2"})
+    one, two = trained["tr-good-1"], trained["tr-good-2"]
+    assert isinstance(one, VoiceTrained) and isinstance(two, VoiceTrained)
+    assert one.voice_kind == "world", "no HuBERT configured: the labelled fallback"
+    assert not one.cache_hit and two.cache_hit
+    assert one.keys.voice_model == two.keys.voice_model
+    assert line.store.exists(one.keys.voice_model or "")
+
+
+def test_converter_silent_vocals_fail_then_converts(
+    line: Pipeline, audio: dict[str, bytes]
+) -> None:
+    profile = line.by_job("voice.trained", {"tr-good-1"})["tr-good-1"].keys.voice_model
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(SR * 2), SR, format="WAV")
+    bad = VoiceTrained(
+        job_id="cv-bad",
+        voice_kind="world",
+        keys=ObjectKeys(
+            vocals=_put(line, "uploads/cv-bad/v.wav", silent.getvalue()), voice_model=profile
+        ),
+    )
+    good = VoiceTrained(
+        job_id="cv-good",
+        voice_kind="world",
+        keys=ObjectKeys(
+            vocals=_put(line, "uploads/cv-good/v.wav", audio["vocal.wav"]), voice_model=profile
+        ),
+    )
+    publish(line.settings, bad, good)
+
+    assert _failures(line, "cv-bad")["cv-bad"].code == "silent_audio"
+    converted = line.by_job("vocals.converted", {"cv-good"})
+    event = converted["cv-good"]
+    assert isinstance(event, VocalsConverted) and event.backend == "world"
+    samples, rate = sf.read(io.BytesIO(line.store.get_bytes(event.keys.converted_vocals or "")))
+    assert rate == SR and len(samples) == pytest.approx(4.0 * SR, abs=SR * 0.05)
+
+
+def test_mixer_missing_stem_fails_then_mixes(line: Pipeline, audio: dict[str, bytes]) -> None:
+    vocal = _put(line, "uploads/mx/vocals.wav", audio["vocal.wav"])
+    song = _put(line, "uploads/mx/song.wav", audio["song.wav"])
+    bad = VocalsConverted(
+        job_id="mx-bad",
+        backend="world",
+        sample_rate=SR,
+        duration_s=4.0,
+        keys=ObjectKeys(converted_vocals=vocal, accompaniment="stems/none/accompaniment.flac"),
+    )
+    good = VocalsConverted(
+        job_id="mx-good",
+        backend="world",
+        sample_rate=SR,
+        duration_s=4.0,
+        keys=ObjectKeys(converted_vocals=vocal, accompaniment=song),
+    )
+    good.options.output.format = "flac"
+    publish(line.settings, bad, good)
+
+    assert _failures(line, "mx-bad")["mx-bad"].code == "missing_object"
+    ready = line.by_job("track.ready", {"mx-good"})
+    event = ready["mx-good"]
+    assert isinstance(event, TrackReady) and event.format == "flac"
+    track, rate = sf.read(io.BytesIO(line.store.get_bytes(event.track_key)))
+    assert len(track) / rate == pytest.approx(4.0, abs=0.05)
+    assert pyloudnorm.Meter(rate).integrated_loudness(track) == pytest.approx(-14.0, abs=1.0)
+    assert event.download_url and event.download_url.startswith("http")
+
+
+def test_whole_cover_through_four_workers(
+    line: Pipeline, audio: dict[str, bytes], tmp_path: Path
+) -> None:
+    options = JobOptions()
+    options.voice.dataset_key = _dataset(line, "e2e", audio)
+    options.output.format = "mp3"
+    options.output.title = "Demo"
+    event = SongUploaded(
+        job_id="e2e",
+        options=options,
+        keys=ObjectKeys(song=_put(line, "uploads/e2e/song.wav", audio["song.wav"])),
+    )
+    publish(line.settings, event)
+
+    ready = line.by_job("track.ready", {"e2e"}, timeout_s=600)
+    track = ready["e2e"]
+    assert isinstance(track, TrackReady)
+    assert [r.stage for r in track.history] == ["separator", "trainer", "converter", "mixer"]
+    local = tmp_path / "cover.mp3"
+    local.write_bytes(line.store.get_bytes(track.track_key))
+    from agents.mixer.encode import decode, probe
+
+    samples, rate = decode(local)
+    assert probe(local).duration_s == pytest.approx(4.0, abs=0.1)
+    assert pyloudnorm.Meter(rate).integrated_loudness(samples) == pytest.approx(-14.0, abs=1.0)
+    assert track.loudness_lufs == pytest.approx(-14.0, abs=1.0)
+    assert set(track.timings_s) >= {"separator", "trainer", "converter", "mixer"}
