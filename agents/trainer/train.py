@@ -97,7 +97,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class _Trainer:
+class Trainer:
     """The two networks, their optimisers and what one step needs."""
 
     config: RVCConfig
@@ -167,7 +167,7 @@ class _Trainer:
         }
 
 
-def _build(config: RVCConfig, train: TrainConfig, device: torch.device) -> _Trainer:
+def build_trainer(config: RVCConfig, train: TrainConfig, device: torch.device) -> Trainer:
     net_g = build_synthesizer(config.synthesizer, config.version, train.f0).to(device)
     net_d = MultiPeriodDiscriminator.from_config(config.discriminator).to(device)
     hp = config.train
@@ -175,7 +175,7 @@ def _build(config: RVCConfig, train: TrainConfig, device: torch.device) -> _Trai
     def adamw(params: object) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, hp.learning_rate, betas=hp.betas, eps=hp.eps)  # type: ignore[arg-type]
 
-    return _Trainer(
+    return Trainer(
         config=config,
         net_g=net_g,
         net_d=net_d,
@@ -220,7 +220,7 @@ def train_model(
         seed=config.seed,
     )
     torch.manual_seed(config.seed)  # fixes the initial weights
-    trainer = _build(rvc, config, device)
+    trainer = build_trainer(rvc, config, device)
 
     # Resume from the newest G/D pair, else start from the public pretrained weights.
     start_epoch, global_step, resumed_from = 1, 0, 0
