@@ -215,6 +215,7 @@ class TrackReady(Event):
     download_url: str | None = None
     url_expires_at: datetime | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+    cache_hit: bool = False
 
 
 class TrackFailed(Event):

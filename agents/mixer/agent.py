@@ -60,6 +60,7 @@ def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
         download_url=download_url,
         url_expires_at=signed_at + timedelta(seconds=expiry_s),
         timings_s=stage_timings([*event.history, mixer_run], event.occurred_at, finished_at),
+        cache_hit=cache_hit,
     )
 
 
