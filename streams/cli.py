@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas.events import TrackReady
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -612,6 +613,34 @@ def report_command(
     _quiet_logs()
     source = LocalStore(store) if store is not None else S3Store(get_settings())
     typer.echo(str(report_for_job(source, job_id, out)))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo inputs and the cover go.")] = Path(
+        "demo-output"
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the cover.")] = 1800,
+) -> None:
+    """A real cover end to end: local broker + S3, one worker per stage, a generated song."""
+    from streams.demo import run_demo
+    from streams.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging("WARNING", "console")
+
+    def say(line: str) -> None:
+        typer.secho(line, fg=typer.colors.CYAN, err=True)
+
+    if settings.hubert_path is None:
+        say(
+            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): the voice stage "
+            "uses the WORLD fallback, not RVC (see README, 'Voice models')"
+        )
+    result = run_demo(settings, _stack_config(settings), out, follow, say, timeout)
+    typer.echo(result.model_dump_json(indent=2))
+    if not isinstance(result, TrackReady):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
     return group or f"{settings.topic_prefix}singtome-{stage}-v{settings.group_version}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -106,7 +106,7 @@ def create_app(
     group: str | None = None,
 ) -> tuple[faust.App, Runner, WorkerState]:
     stage = STAGES[stage_name]
-    port = settings.health_port or _free_port()
+    port = settings.health_port or free_port()
     credentials = None
     if settings.broker_security_protocol.startswith("SASL"):
         credentials = faust.SASLCredentials(

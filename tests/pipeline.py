@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,10 @@ from streams.settings import Settings
 from streams.stack import StackConfig, down, up
 from streams.store import S3Store
 from streams.topics import physical
+from streams.worker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGTOME = str(Path(sys.executable).with_name("singtome"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from schemas.events import (
 )
 from streams.client import publish
 from streams.stack import StackConfig
-from tests import audio_synth
+from streams import demo_audio as audio_synth
 from tests.pipeline import Pipeline
 
 SR = 44100

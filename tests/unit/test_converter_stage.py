@@ -18,7 +18,7 @@ from streams.errors import StageError
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore
-from tests.audio_synth import speech_voice, sung_vocal, write
+from streams.demo_audio import speech_voice, sung_vocal, write
 from tests.unit.test_converter import write_tiny_hubert, write_tiny_voice_model
 
 SR = 44100

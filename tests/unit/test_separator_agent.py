@@ -14,12 +14,12 @@ from agents.separator.backends.spleeter import SpleeterBackend
 from agents.separator.cli import separate_command
 from agents.separator.stage import SeparationParams
 from schemas.events import JobOptions, ObjectKeys, SeparatorOptions, SongUploaded, VocalsSeparated
+from streams import demo_audio as synth
 from streams.errors import StageError
 from streams.keys import stem_key
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore
-from tests import audio_synth as synth
 
 SONG_S = 3.0
 

@@ -12,8 +12,8 @@ import soundfile as sf
 from agents.separator.backends import Stems
 from agents.separator.chunking import FlacStemWriter, WavReader, plan_chunks, run_chunked
 from agents.separator.stage import separate_stream
+from streams import demo_audio as synth
 from streams.settings import Settings
-from tests import audio_synth as synth
 
 
 def _run_in_memory(

@@ -23,9 +23,9 @@ from agents.separator.stage import (
     separate,
     song_roles,
 )
+from streams import demo_audio as synth
 from streams.errors import StageError
 from streams.settings import Settings
-from tests import audio_synth as synth
 
 REPO = Path(__file__).resolve().parents[2]
 SONG_S = 8.0

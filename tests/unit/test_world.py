@@ -22,7 +22,7 @@ from agents.voice.world import (
     plan_world,
 )
 from streams.errors import StageError
-from tests.audio_synth import F0_HOP_S, resample, speech_voice, sung_vocal, write
+from streams.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
 
 SR = 44100
 

@@ -1,4 +1,4 @@
-"""Test audio made on the spot: sung vocals with a known pitch, speech, accompaniment, mixes.
+"""Demo and test audio made on the spot: sung vocals with a known pitch, speech, a band, mixes.
 
 Everything is deterministic for a given seed and needs no downloads. The best available tools are
 used (espeak-ng for words, pyworld to put them on a melody, fluidsynth with the General MIDI sound

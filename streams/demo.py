@@ -1,0 +1,156 @@
+"""`singtome demo`: a real cover, end to end, through Kafka and S3 on this machine.
+
+Starts the local stack (unless it is already up), one worker process per stage, generates a short
+song (a sung melody over a General-MIDI band) and a voice dataset of another voice (espeak-ng),
+submits the job, shows each stage's progress, and prints where the track is and the ``track.ready``
+event. Everything it started is stopped on exit or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from schemas.events import JobOptions, TrackFailed, TrackReady
+from streams.logging import get_logger
+from streams.settings import Settings
+from streams.stack import StackConfig, status, up
+from streams.topics import STAGES
+
+log = get_logger(__name__)
+
+SR = 44100
+
+
+def make_demo_inputs(folder: Path, seconds: float = 8.0) -> tuple[Path, Path]:
+    """Write ``song.wav`` and ``voice/take*.wav`` into ``folder`` (once); returns both paths."""
+    import soundfile as sf
+
+    from streams import demo_audio
+
+    song = folder / "song.wav"
+    voice = folder / "voice"
+    if song.exists() and len(list(voice.glob("*.wav"))) >= 3:
+        return song, voice
+    voice.mkdir(parents=True, exist_ok=True)
+    vocal, _ = demo_audio.sung_vocal(seconds, sr=SR, seed=7)
+    band = demo_audio.accompaniment(seconds, sr=SR, seed=7)
+    sf.write(song, demo_audio.mix(vocal, band, -2.0), SR)
+    for take in range(3):
+        speech = demo_audio.speech_voice(8.0, SR, voice="en+m3", seed=take)
+        sf.write(voice / f"take{take}.wav", speech[0] if isinstance(speech, tuple) else speech, SR)
+    return song, voice
+
+
+@contextlib.contextmanager
+def running_stack(cfg: StackConfig, partitions: int) -> Iterator[bool]:
+    """The local stack, started if needed; yields whether this call started it (and stops it)."""
+    from streams.stack import down
+
+    state = status(cfg)
+    already = bool(state["broker"]["listening"]) and bool(state["s3"]["healthy"])  # type: ignore[index]
+    up(cfg, partitions=partitions)
+    try:
+        yield not already
+    finally:
+        if not already:
+            down(cfg)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def stage_workers(env: dict[str, str], log_dir: Path, timeout_s: float = 180) -> Iterator[None]:
+    """One `singtome worker` process per stage; waits until each is consuming."""
+    from streams.worker import free_port
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    singtome = str(Path(sys.executable).with_name("singtome"))
+    procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
+    try:
+        for stage in STAGES:
+            port = free_port()
+            with open(log_dir / f"{stage}.log", "ab") as out:
+                proc = subprocess.Popen(
+                    [singtome, "worker", stage],
+                    env={
+                        **env,
+                        "SINGTOME_HEALTH_PORT": str(port),
+                        "SINGTOME_HEALTH_HOST": "127.0.0.1",
+                    },
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            procs.append((stage, proc, port))
+        deadline = time.monotonic() + timeout_s
+        for stage, proc, port in procs:
+            while not _healthy(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (log_dir / f"{stage}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"the {stage} worker did not start; its log ends:\n{tail}")
+                time.sleep(0.5)
+        yield
+    finally:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, _ in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_demo(
+    settings: Settings,
+    cfg: StackConfig,
+    out_dir: Path,
+    follow: Callable[[object, str, float], TrackReady | TrackFailed],
+    say: Callable[[str], None],
+    timeout_s: float = 1800,
+) -> TrackReady | TrackFailed:
+    """Run the demo; returns the job's last event. ``follow(store, job_id, timeout)`` shows it."""
+    from streams.client import submit_job
+    from streams.store import S3Store
+
+    env = {**os.environ, **cfg.env(), "SINGTOME_TOPIC_PREFIX": settings.topic_prefix}
+    os.environ.update(cfg.env())
+    settings = settings.model_copy(update={"broker_url": cfg.broker_url, "s3_bucket": cfg.bucket})
+    with running_stack(cfg, settings.topic_partitions) as started:
+        how = "started" if started else "already up"
+        say(f"stack: broker {cfg.bootstrap}, S3 {cfg.s3_endpoint} ({how})")
+        from streams.admin import create_topics
+
+        create_topics(settings)
+        song, voice = make_demo_inputs(out_dir / "inputs")
+        say(f"demo song {song}, voice dataset {voice}")
+        with stage_workers(env, cfg.root / "logs"):
+            say(f"4 workers consuming (logs in {cfg.root / 'logs'})")
+            store = S3Store(settings)
+            options = JobOptions()
+            options.output.title = "singtome demo"
+            options.output.format = "mp3"
+            event = submit_job(settings, store, song, voice_dir=voice, options=options)
+            say(f"job {event.job_id} submitted")
+            result = follow(store, event.job_id, timeout_s)
+            if isinstance(result, TrackReady):
+                local = out_dir / f"cover-{event.job_id}.mp3"
+                store.get_file(result.track_key, local)
+                say(f"track: s3://{settings.s3_bucket}/{result.track_key}")
+                say(f"copied to {local}")
+            return result
