@@ -334,6 +334,7 @@ def test_weights_that_do_not_fit_the_config_are_invalid(tmp_path: Path) -> None:
     assert err.value.code == "invalid_model"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_garbage_and_missing_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x80\x04not really a pickle" * 10)
