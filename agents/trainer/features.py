@@ -112,13 +112,14 @@ def extract_features(
     *,
     rmvpe_path: Path | None = None,
     device: str = "cpu",
+    crepe_model: str | None = None,
     overwrite: bool = False,
 ) -> FeaturesReport:
     """Pitch (unless ``f0_method`` is None: a pitchless model) and content features (unless
     ``encoder`` is None) of every segment in ``exp_dir/1_16k_wavs``.
 
-    ``f0_method`` is a method name for :func:`agents.voice.f0.get_f0_extractor` (``rmvpe_path``
-    and ``device`` go with it) or an extractor already built. Raises
+    ``f0_method`` is a method name for :func:`agents.voice.f0.get_f0_extractor` (``rmvpe_path``,
+    ``device`` and ``crepe_model`` go with it) or an extractor already built. Raises
     ``StageError('dataset_too_short')`` when there are no segments or none could be processed.
     """
     if version not in FEATURE_DIRS:
@@ -129,7 +130,9 @@ def extract_features(
         raise StageError("dataset_too_short", f"no preprocessed segments in {exp_dir}")
     extractor: F0Extractor | None
     if isinstance(f0_method, str):
-        extractor = get_f0_extractor(f0_method, rmvpe_path=rmvpe_path, device=device)
+        extractor = get_f0_extractor(
+            f0_method, rmvpe_path=rmvpe_path, device=device, crepe_model=crepe_model
+        )
     else:
         extractor = f0_method
     for folder in (F0_COARSE_DIR, F0_HZ_DIR, FEATURE_DIRS[version]):

@@ -19,9 +19,11 @@ checkpoint's config when it has one and HuBERT-base's values otherwise.
 Untrusted files: everything is read with ``torch.load(weights_only=True)`` (or safetensors).
 fairseq checkpoints pickle their training configuration: ``args`` is an ``argparse.Namespace``
 (allowed: a plain attribute bag), and some also carry fairseq/omegaconf objects (task
-dictionaries, ``DictConfig``). Those classes are not importable here and must never run, so they
-are mapped to :class:`_InertConfigObject`, which only stores what it is given. Any other global
-the file asks for is refused as ``unsafe_model``.
+dictionaries, ``DictConfig``) that name plain types such as ``dict``. Those classes are not
+importable here and must never run, so they (and those plain types) are mapped to
+:class:`_InertConfigObject`, which only stores what it is given; only the ``model`` state dict
+and simple config values (heads, strides, normalisation) are read. Any other global the file asks
+for (a function, a class from elsewhere) is refused as ``unsafe_model``.
 
 RVC's use: v2 takes the output of transformer layer 12 (768-d), v1 the output of layer 9 through
 ``final_proj`` (256-d); both at 50 frames per second of 16 kHz audio (hop 320).
@@ -58,6 +60,12 @@ SAMPLE_RATE = 16_000
 _DEFAULT_STRIDE_BY_KERNEL = {10: 5, 8: 4, 4: 2, 3: 2, 2: 2}
 # Modules whose pickled objects are configuration only (never weights): loaded inert.
 _METADATA_MODULES = ("fairseq.", "omegaconf.", "typing.")
+# Plain types such configs refer to (omegaconf records ``object_type=dict`` ...). Calling code
+# such as ``builtins.eval``/``getattr``/``print`` is never on this list.
+_METADATA_TYPES = frozenset(
+    f"builtins.{name}"
+    for name in ("dict", "list", "tuple", "str", "int", "float", "bool", "object")
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,7 +363,11 @@ def safe_torch_load(path: Path) -> Any:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:
         unsafe = []
-    blocked = [name for name in unsafe if not name.startswith(_METADATA_MODULES)]
+    blocked = [
+        name
+        for name in unsafe
+        if not name.startswith(_METADATA_MODULES) and name not in _METADATA_TYPES
+    ]
     if blocked or not unsafe:
         raise StageError(
             "unsafe_model",

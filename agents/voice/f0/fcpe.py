@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,9 @@ class FcpeExtractor:
         if self._model is None:
             from torchfcpe import spawn_bundled_infer_model
 
-            self._model = spawn_bundled_infer_model(device=self.device)
+            # torchfcpe prints its progress; keep it out of the service's JSON log stream.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._model = spawn_bundled_infer_model(device=self.device)
         return self._model
 
     def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
