@@ -20,7 +20,7 @@ ModelSize = Literal["full", "tiny"]
 
 SAMPLE_RATES: dict[str, int] = {"32k": 32000, "40k": 40000, "48k": 48000}
 
-# Content-feature width per model version (HuBERT base layer 9 + projection for v1, layer 12 for v2).
+# Content-feature width per model version (v1: HuBERT layer 9 + projection; v2: layer 12).
 PHONE_DIMS: dict[str, int] = {"v1": 256, "v2": 768}
 
 # RVC's exporter always writes 32 in the segment slot of the public list: inference never uses

@@ -19,7 +19,7 @@ def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch
 
 
 def slice_segments(x: torch.Tensor, starts: torch.Tensor, segment_size: int) -> torch.Tensor:
-    """Per-batch-item window ``x[i, ..., starts[i] : starts[i] + segment_size]`` on the last axis."""
+    """Per-item window ``x[i, ..., starts[i] : starts[i] + segment_size]`` on the last axis."""
     windows = [x[i, ..., int(s) : int(s) + segment_size] for i, s in enumerate(starts)]
     return torch.stack(windows)
 

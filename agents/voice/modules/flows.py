@@ -74,7 +74,7 @@ class WaveNet(nn.Module):
 
 
 class ResidualCouplingLayer(nn.Module):
-    """Mean-only affine coupling: shifts the second half of the channels by a WaveNet of the first."""
+    """Mean-only affine coupling: shifts one half of the channels by a WaveNet of the other."""
 
     def __init__(
         self,

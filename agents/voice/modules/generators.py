@@ -182,7 +182,7 @@ class SineSource(nn.Module):
 
 
 class NSFGenerator(HiFiGANGenerator):
-    """HiFi-GAN whose every stage also receives the sine source, downsampled to that stage's rate."""
+    """HiFi-GAN whose every stage also gets the sine source, downsampled to that stage's rate."""
 
     def __init__(
         self,
