@@ -176,7 +176,7 @@ def check_size(path: Path, settings: Settings) -> None:
 def _too_long(name: str, duration_s: float, settings: Settings) -> StageError:
     return StageError(
         "audio_too_long",
-        f"{name}: {duration_s:.1f} s is over the limit of {settings.max_audio_duration_s:.0f} s "
+        f"{name}: {duration_s:.1f} s is over the limit of {settings.max_audio_duration_s:g} s "
         "(SINGTOME_MAX_AUDIO_DURATION_S)",
     )
 
