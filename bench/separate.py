@@ -41,6 +41,12 @@ def write_song(path: Path, duration_s: float) -> None:
             written += len(block)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ffmpeg decoding)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def run_case(song: Path, model: str, chunk_s: float, overlap_s: float) -> dict[str, float]:
     """Separate one song in this process; report wall time (decode + separation + FLAC writing,
     after the model is loaded) and this process's peak RSS."""
@@ -55,9 +61,12 @@ def run_case(song: Path, model: str, chunk_s: float, overlap_s: float) -> dict[s
     load_backend(model, settings.model_dir)  # a worker loads once; time it apart from the song
     load_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         result = separate(song, out, SeparationParams(model), settings)
         wall = time.perf_counter() - start
+        # CPU seconds (all threads) are less distorted than wall time on a shared machine.
+        cpu = _cpu_seconds() - cpu_start
         stems_mb = sum(p.stat().st_size for p in result.stems.values()) / 2**20
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -65,6 +74,8 @@ def run_case(song: Path, model: str, chunk_s: float, overlap_s: float) -> dict[s
         "model_load_s": round(load_s, 1),
         "wall_s": round(wall, 1),
         "real_time_factor": round(wall / result.duration_s, 3),
+        "cpu_s": round(cpu, 1),
+        "cpu_s_per_audio_s": round(cpu / result.duration_s, 3),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "stems_mb": round(stems_mb, 1),
     }

@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class UvrBackend:
         self.name = model_file
         self.directory = uvr_model_dir(model_dir)
         check_model_files(model_file, self.directory)
+        # One audio-separator instance holds per-file state: one chunk at a time.
+        self._lock = threading.Lock()
         self._workdir = Path(tempfile.mkdtemp(prefix="singtome-uvr-"))
         try:
             self._separator = self._load()
@@ -135,6 +138,10 @@ class UvrBackend:
         return separator
 
     def separate(self, audio: np.ndarray) -> Stems:
+        with self._lock:
+            return self._separate(audio)
+
+    def _separate(self, audio: np.ndarray) -> Stems:
         frames = len(audio)
         call_dir = Path(tempfile.mkdtemp(dir=self._workdir))
         try:
