@@ -12,10 +12,11 @@ from typing import Any
 
 from agents.separator.stage import SeparationParams, separate
 from schemas.events import SongUploaded, VocalsSeparated
+from streams.errors import StageError
 from streams.keys import content_digest, sha256_file, stem_key, stems_prefix
 from streams.logging import get_logger
 from streams.stage import StageContext, all_exist, fetch
-from streams.store import get_json, put_json
+from streams.store import ObjectNotFound, get_json, put_json
 
 log = get_logger(__name__)
 
@@ -35,9 +36,26 @@ def stems_digest(song: Path, params: SeparationParams, ctx: StageContext) -> str
     )  # fmt: skip
 
 
+def _refuse_oversized(ctx: StageContext, song_key: str) -> None:
+    """Refuse a too-large upload from its stored size, before downloading it."""
+    if not song_key:
+        return  # fetch() reports the missing key
+    try:
+        size = ctx.store.size(song_key)
+    except ObjectNotFound:
+        raise StageError("missing_object", f"object not found: {song_key}") from None
+    if size > ctx.settings.max_audio_bytes:
+        raise StageError(
+            "audio_too_large",
+            f"{song_key}: {size / 1e6:.1f} MB is over the limit of "
+            f"{ctx.settings.max_audio_bytes / 1e6:.1f} MB (SINGTOME_MAX_AUDIO_BYTES)",
+        )
+
+
 def handle(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
     params = SeparationParams.from_options(event.options.separator, ctx.settings)
     song_key = event.keys.song or ""
+    _refuse_oversized(ctx, song_key)
     song = fetch(ctx, song_key, "song" + Path(song_key).suffix.lower())
     digest = stems_digest(song, params, ctx)
     keys = {name: stem_key(digest, name) for name in params.stem_names}

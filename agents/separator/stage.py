@@ -23,7 +23,7 @@ from agents.separator.backends import (
     backend_kind,
     load_backend,
 )
-from agents.separator.chunking import FlacStemWriter, WavReader, run_chunked
+from agents.separator.chunking import FlacStemWriter, ProcessFn, WavReader, run_chunked
 from agents.separator.decode import decode
 from schemas.events import SeparatorOptions
 from streams.errors import StageError
@@ -201,7 +201,7 @@ def build_pipeline(params: SeparationParams, settings: Settings) -> SeparationPi
 def separate_stream(
     decoded_wav: Path,
     out_dir: Path,
-    process: Any,
+    process: ProcessFn,
     settings: Settings,
     progress: ProgressFn | None = None,
 ) -> dict[str, Path]:

@@ -160,6 +160,18 @@ def test_bad_song_fails_with_its_code(store: LocalStore, tmp_path: Path) -> None
     assert not list(store.list("stems/"))
 
 
+def test_oversized_upload_is_refused_before_download(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_download(*args: object) -> None:
+        raise AssertionError("the song must not be downloaded")
+
+    monkeypatch.setattr(store, "get_file", no_download)
+    with pytest.raises(StageError) as caught:
+        agent.handle(_event(), _context(store, tmp_path / "w", Settings(max_audio_bytes=1000)))
+    assert caught.value.code == "audio_too_large"
+
+
 def test_karaoke_job_emits_backing_vocals_key(
     store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
