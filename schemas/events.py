@@ -18,6 +18,11 @@ SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
 
 
+# The pitch methods (agents/voice/f0). 'rmvpe' needs SINGTOME_RMVPE_PATH; without it the workers
+# use 'fcpe', whose weights ship with its package.
+F0Method = Literal["rmvpe", "harvest", "dio", "pm", "crepe", "crepe-tiny", "fcpe"]
+
+
 def _new_event_id() -> str:
     return uuid.uuid4().hex
 
@@ -62,7 +67,7 @@ class VoiceOptions(_Model):
     )
     index_key: str | None = Field(None, description="S3 key of the model's .index (optional).")
     sample_rate: Literal["32k", "40k", "48k"] = "40k"
-    f0_method: str = "rmvpe"
+    f0_method: F0Method = "rmvpe"
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(4, ge=1, le=256)
 
@@ -76,7 +81,7 @@ class VoiceOptions(_Model):
 
 class ConversionOptions(_Model):
     f0_up_key: int = Field(0, ge=-24, le=24, description="Transpose in semitones.")
-    f0_method: str = "rmvpe"
+    f0_method: F0Method = "rmvpe"
     index_rate: float = Field(0.75, ge=0.0, le=1.0)
     filter_radius: int = Field(3, ge=0, le=7)
     rms_mix_rate: float = Field(0.25, ge=0.0, le=1.0)

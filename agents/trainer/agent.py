@@ -121,7 +121,10 @@ def voice_digest(files: list[Path], config: VoiceTrainingConfig, ctx: StageConte
     kind = voice_kind(ctx.settings)
     hashes = sorted(keylayout.sha256_file(p) for p in files)
     return keylayout.content_digest(
-        hashes, config.key_params(kind), ctx.settings.code_version, "voices"
+        hashes,
+        config.key_params(kind, ctx.settings.rmvpe_path),
+        ctx.settings.code_version,
+        "voices",
     )
 
 

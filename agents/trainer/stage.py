@@ -46,10 +46,14 @@ class VoiceTrainingConfig:
     model_size: Literal["full", "tiny"] = "full"
     seed: int = 1234
 
-    def key_params(self, kind: VoiceKind) -> dict[str, Any]:
+    def key_params(self, kind: VoiceKind, rmvpe_path: Path | None = None) -> dict[str, Any]:
         if kind == "world":  # the profile depends on the audio alone
             return {"kind": "world"}
-        return {"kind": "rvc", **asdict(self)}
+        from agents.voice.f0 import resolve_f0_method
+
+        # The method that actually runs decides the model, not the one asked for.
+        method = resolve_f0_method(self.f0_method, rmvpe_path)
+        return {"kind": "rvc", **asdict(self), "f0_method": method}
 
 
 @dataclass
@@ -126,6 +130,7 @@ def _train_rvc(
     from agents.trainer.train import TrainConfig, train_model
     from agents.voice.configs import SAMPLE_RATES
     from agents.voice.content import load_content_encoder
+    from agents.voice.f0 import resolve_f0_method
     from agents.voice.index import build_index, load_training_features, save_index
 
     assert settings.hubert_path is not None
@@ -144,11 +149,13 @@ def _train_rvc(
     encoder = load_content_encoder(settings.hubert_path, device=_device(settings))
     extract_features(
         exp_dir,
-        config.f0_method,
+        resolve_f0_method(config.f0_method, settings.rmvpe_path),
         encoder,
         config.version,
         phase(0.1, 0.25),
         rmvpe_path=settings.rmvpe_path,
+        device=_device(settings),
+        crepe_model=settings.crepe_model,
     )
     pretrained_g, pretrained_d = _pretrained(config, settings)
     result = train_model(

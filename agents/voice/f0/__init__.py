@@ -25,6 +25,8 @@ from agents.voice.f0.base import (
 )
 
 F0_METHODS = ("harvest", "dio", "pm", "crepe", "crepe-tiny", "fcpe", "rmvpe")
+# RVC's recommended method needs weights we cannot ship; FCPE's ship in its wheel.
+RMVPE_STAND_IN = "fcpe"
 
 __all__ = [
     "F0_MAX",
@@ -37,8 +39,17 @@ __all__ = [
     "get_f0_extractor",
     "median_filter_f0",
     "natural_length",
+    "resolve_f0_method",
     "shift_f0",
 ]
+
+
+def resolve_f0_method(name: str, rmvpe_path: Path | None) -> str:
+    """The method that will run for ``name``: ``rmvpe`` without weights becomes FCPE."""
+    method = name.strip().lower()
+    if method == "rmvpe" and rmvpe_path is None:
+        return RMVPE_STAND_IN
+    return method
 
 
 def get_f0_extractor(
