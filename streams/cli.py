@@ -24,8 +24,10 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The local broker + S3 server for development and tests.")
 schemas_app = typer.Typer(help="Event schemas for producers and consumers in any language.")
+topics_app = typer.Typer(help="The pipeline's topics on the configured broker.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(topics_app, name="topics")
 
 STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"
@@ -114,6 +116,20 @@ def stack_env() -> None:
     """Print the environment that points singtome at the local stack (eval it)."""
     for key, value in _stack_config(get_settings()).env().items():
         typer.echo(f"export {key}={value}")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every missing pipeline and DLQ topic (configured partitions and replication)."""
+    # Workers do this at start too; a deployment's init job runs it so that producers find the
+    # topics, with production partitions and replication, before any worker has started.
+    from streams.admin import create_topics
+    from streams.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    created = create_topics(settings)
+    typer.echo(json.dumps({"created": created}))
 
 
 # --------------------------------------------------------------------------------------------------
