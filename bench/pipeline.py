@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--workers-per-stage", type=int, default=1)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "stack") as stack:
+    with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
         line = Pipeline(stack, logs=Path(tmp))
         try:
             for _ in range(args.workers_per_stage):

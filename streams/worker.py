@@ -18,6 +18,7 @@ import importlib
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Any
 
@@ -95,8 +96,64 @@ class WorkerState:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.consuming = False
+        self.draining = False
         self.job_in_hand: str | None = None
         self.jobs_done = 0
+
+
+# After the grace period, how long Faust gets to commit and leave the group before a hard exit.
+LEAVE_GROUP_S = 20.0
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    log.warning("exiting with a stage still running (its job is redelivered)")
+    os._exit(0)
+
+
+class DrainingWorker(faust.Worker):
+    """On SIGTERM (or Ctrl-C): take no new message, let the job in hand finish within the grace
+    period, then stop as Faust does (commit, leave the group). A job still running when the
+    grace period ends is handed back uncommitted and redelivered to another worker."""
+
+    def __init__(self, app: faust.App, state: WorkerState, grace_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.worker_state = state
+        self.grace_s = grace_s
+
+    def _on_sigterm(self) -> None:
+        self._drain(signal.SIGTERM)
+
+    def _on_sigint(self) -> None:
+        if self.worker_state.draining:  # a second Ctrl-C: stop now
+            self._schedule_shutdown(signal.SIGINT)
+        else:
+            self._drain(signal.SIGINT)
+
+    def _drain(self, signum: signal.Signals) -> None:
+        if self.worker_state.draining:
+            return
+        self.worker_state.draining = True
+        log.info(
+            "draining", signal=signum.name, job_in_hand=self.worker_state.job_in_hand, grace_s=self.grace_s
+        )
+        self.add_future(self._stop_when_idle(signum))
+
+    async def _stop_when_idle(self, signum: signal.Signals) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while self.worker_state.job_in_hand and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.worker_state.job_in_hand:
+            log.warning(
+                "grace period over: the job in hand is handed back uncommitted",
+                job_id=self.worker_state.job_in_hand,
+            )
+            # The stage's thread cannot be interrupted and would hold the exit; its message is
+            # not committed, so leaving without it is safe.
+            threading.Thread(target=_exit_after, args=(LEAVE_GROUP_S,), daemon=True).start()
+        else:
+            log.info("drained: no job in hand")
+        self._schedule_shutdown(signum)
 
 
 def create_app(
@@ -167,14 +224,21 @@ def create_app(
     @app.agent(source, concurrency=1, name=f"singtome.{stage_name}")
     async def process(stream: Any) -> None:
         state.consuming = True
-        async for event in stream.events():
+        # Acks are ours: Faust would ack a message even when its processing is cancelled by a
+        # shutdown, committing a job that never finished. Only a message whose answer (output
+        # or track.failed) the broker acknowledged is acked, hence committed.
+        async for event in stream.noack().events():
+            if state.draining:
+                # Draining: this message is not started and not acked; the group redelivers it.
+                await asyncio.Event().wait()
             await runner.process(event.value, event.key)
+            event.ack()
             state.jobs_done += 1
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            ready = state.consuming and not app.rebalancing
+            ready = state.consuming and not state.draining and not app.rebalancing
             body = {
                 "stage": stage_name,
                 "group": app.conf.id,
@@ -240,9 +304,11 @@ def run_worker(
     from streams.admin import create_topics
 
     create_topics(settings)
-    app, _, _ = create_app(stage_name, settings, handler_spec, group)
-    worker = faust.Worker(
+    app, _, state = create_app(stage_name, settings, handler_spec, group)
+    worker = DrainingWorker(
         app,
+        state,
+        settings.shutdown_grace_s,
         loglevel=settings.log_level,
         override_logging=False,
         quiet=True,
@@ -250,7 +316,5 @@ def run_worker(
     )
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     log.info("worker starting", pid=os.getpid())
-    # faust installs its own SIGTERM/SIGINT handling: stop consuming, let the agent finish, commit
-    # and leave the group.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker.execute_from_commandline()

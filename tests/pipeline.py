@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 from schemas.events import BY_TOPIC, Event
 from streams.admin import create_topics
-from streams.settings import Settings
+from streams.settings import CACHE_HOME, Settings
 from streams.stack import StackConfig, down, up
 from streams.store import S3Store
 from streams.topics import physical
@@ -31,9 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SINGTOME = str(Path(sys.executable).with_name("singtome"))
 
 
+TEST_STACK_ROOT = CACHE_HOME / "test-stack"
+
+
 @contextlib.contextmanager
-def local_stack(root: Path) -> Iterator[StackConfig]:
-    """The real broker + S3 server on test ports (env SINGTOME_TEST_KAFKA_PORT / _S3_PORT)."""
+def local_stack(root: Path = TEST_STACK_ROOT) -> Iterator[StackConfig]:
+    """The real broker + S3 server on test ports (env SINGTOME_TEST_KAFKA_PORT / _S3_PORT).
+
+    The folder is fixed, so a run that was killed leaves PID files the next run uses to stop
+    what it left behind; its data is wiped for a clean start.
+    """
     cfg = StackConfig(
         root=root,
         kafka_port=int(os.environ.get("SINGTOME_TEST_KAFKA_PORT", "29092")),
@@ -41,6 +49,7 @@ def local_stack(root: Path) -> Iterator[StackConfig]:
         bucket="singtome-test",
     )
     down(cfg)
+    shutil.rmtree(root, ignore_errors=True)
     up(cfg)
     try:
         yield cfg
