@@ -37,9 +37,9 @@ class StackConfig:
     root: Path
     kafka_port: int = 19092
     s3_port: int = 8333
-    # SeaweedFS runs a master, a volume server, a filer and an admin server beside S3; their ports
-    # are placed at fixed offsets from the S3 port so that two stacks (a developer's and the
-    # tests') never collide. Each also opens its gRPC port at +10000.
+    # SeaweedFS runs a master, a volume server, a filer and an admin server beside S3, at S3 port
+    # +1000..+1003, and each server's gRPC port at +10000: two stacks must keep all of these apart
+    # (the developer's stack: 8333/19092; the tests': 28333/29092 and 23333/25092).
     bucket: str = "singtome"
     durable_broker: bool = False  # keep the broker's log in S3 (survives broker restarts)
 
