@@ -39,6 +39,18 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
+# Codes a replay can resume: the input was fine, the service was not.
+RETRIABLE_CODES = frozenset({"store_unavailable", "timeout"})
+
+
+def error_codes_markdown() -> str:
+    """The table of error codes in docs/reliability.md (kept in step by a test)."""
+    rows = ["| code | meaning | retriable |", "| --- | --- | --- |"]
+    for code, meaning in ERROR_CODES.items():
+        rows.append(f"| `{code}` | {meaning} | {'yes' if code in RETRIABLE_CODES else 'no'} |")
+    return "\n".join(rows)
+
+
 class StageError(Exception):
     retriable = False
 

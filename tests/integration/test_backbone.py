@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 from schemas.events import ObjectKeys, SongUploaded, TrackFailed, TrackReady
 from streams.client import publish, publish_raw_async
@@ -47,13 +48,18 @@ def _check_ready(line: Pipeline, ready: list[TrackReady], songs: dict[str, bytes
 
 
 def test_twenty_jobs_through_four_worker_processes(pipeline: Pipeline) -> None:
-    pipeline.start_test_workers()
+    ports = pipeline.start_test_workers()
     songs = _submit(pipeline, 20, "bulk")
     ready = pipeline.events(TRACK_READY, until=20, timeout_s=120)
     assert len(ready) == 20, "exactly one track.ready per job"
     _check_ready(pipeline, ready, songs)  # type: ignore[arg-type]
     state = json.loads(pipeline.store.get_bytes(f"jobs/{ready[0].job_id}/track.ready.json"))
     assert state["track_key"] == ready[0].track_key
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['mixer']}/metrics") as response:
+        metrics = response.read().decode()
+    assert 'singtome_events_out_total{stage="mixer"} 20.0' in metrics
+    assert 'singtome_stage_seconds_count{stage="mixer"} 20.0' in metrics
+    assert health(ports["mixer"])["jobs_done"] == 20
 
 
 def test_bad_events_fail_with_codes_and_dlq_while_good_ones_complete(pipeline: Pipeline) -> None:
