@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
-from schemas.events import ObjectKeys, SongUploaded, TrackReady
+from schemas.events import TrackReady
 from streams.client import publish
+from streams.logging import configure_logging
 from streams.topics import TRACK_READY
 from tests.pipeline import Pipeline, local_stack
 
@@ -49,17 +50,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--workers-per-stage", type=int, default=1)
     args = parser.parse_args()
+    configure_logging("WARNING", "console")  # stdout is for the JSON result
 
     with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
         line = Pipeline(stack, logs=Path(tmp))
         try:
             for _ in range(args.workers_per_stage):
                 line.start_test_workers()
-            events = []
-            for i in range(args.jobs):
-                key = f"uploads/bench-{i}/song.wav"
-                line.store.put_bytes(key, b"song")
-                events.append(SongUploaded(job_id=f"bench-{i:05d}", keys=ObjectKeys(song=key)))
+            events = line.songs("bench", args.jobs)
             started = time.monotonic()
             publish(line.settings, *events)
             ready = [

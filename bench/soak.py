@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pipeline import summary
 from schemas.events import ObjectKeys, SongUploaded, TrackReady
 from streams.client import publish_raw_async
+from streams.logging import configure_logging
 from streams.settings import CACHE_HOME
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, TRACK_READY
 from tests.pipeline import Pipeline, local_stack
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--workers-per-stage", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
+    configure_logging("WARNING", "console")  # stdout is for the JSON result
     rng = random.Random(1)
 
     with local_stack(CACHE_HOME / "soak-stack") as stack:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from schemas.events import TrackReady
 from streams.settings import CACHE_HOME, Settings, get_settings
@@ -194,7 +195,10 @@ def _options(
         options.output.format = fmt  # type: ignore[assignment]
     options.output.title = title
     options.output.artist = artist
-    return JobOptions.model_validate(options.model_dump())
+    try:
+        return JobOptions.model_validate(options.model_dump())
+    except ValidationError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -222,28 +226,15 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
     """Upload SONG and a voice, publish song.uploaded; with --wait, show progress to the end."""
-    from pydantic import ValidationError
-
     from streams.client import submit_job
     from streams.store import S3Store
 
     if (voice is None) == (model is None):
         _fail("give exactly one of --voice DIR (a dataset) or --model FILE.pth")
     settings = get_settings()
-    try:
-        options = _options(
-            separator_model,
-            skip_separation,
-            f0_up_key,
-            f0_method,
-            epochs,
-            fmt,
-            title,
-            artist,
-            force,
-        )
-    except ValidationError as exc:
-        _fail(str(exc))
+    options = _options(
+        separator_model, skip_separation, f0_up_key, f0_method, epochs, fmt, title, artist, force
+    )
     store = S3Store(settings)
     event = submit_job(
         settings,
@@ -264,36 +255,22 @@ def submit(
 
 def follow(store: Any, job_id: str, timeout: float) -> Any:
     """Show a progress bar per stage until the job ends."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from streams.client import wait_for_job
     from streams.topics import STAGES
 
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as bars:
-        tasks = {name: bars.add_task(name, total=1.0, note="waiting") for name in STAGES}
+    with _bars(STAGES, "waiting") as update:
 
         def show(state: dict[str, dict[str, Any]]) -> None:
             done = {s.stage for s in STAGES.values() if s.produces in state}
             progress = state.get("job.progress", {})
-            for name, task in tasks.items():
+            for name in STAGES:
                 if name in done:
-                    bars.update(task, completed=1.0, note="done")
+                    update(name, 1.0, "done")
                 elif progress.get("stage") == name:
-                    bars.update(
-                        task,
-                        completed=progress.get("fraction", 0.0),
-                        note=progress.get("message", ""),
-                    )
-            if "track.failed" in state:
-                failed = state["track.failed"]
-                if failed.get("stage") in tasks:
-                    bars.update(tasks[failed["stage"]], note=f"FAILED {failed.get('code')}")
+                    update(name, progress.get("fraction", 0.0), progress.get("message", ""))
+            failed = state.get("track.failed")
+            if failed and failed.get("stage") in STAGES:
+                update(failed["stage"], None, f"FAILED {failed.get('code')}")
 
         return wait_for_job(store, job_id, timeout, on_state=show)
 
@@ -351,23 +328,32 @@ def replay(
 
 
 @contextmanager
-def _bar(description: str) -> Iterator[Callable[[float, str], None]]:
-    """A progress bar; yields the ``progress(fraction, message)`` callback the stages take."""
+def _bars(
+    names: Iterable[str], note: str = ""
+) -> Iterator[Callable[[str, float | None, str], None]]:
+    """One progress bar per name; yields ``update(name, fraction or None, message)``."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description:<10}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
         TimeElapsedColumn(),
         console=_console(),
     ) as bars:
-        task = bars.add_task(description, total=1.0, note="")
+        tasks = {name: bars.add_task(name, total=1.0, note=note) for name in names}
 
-        def update(fraction: float, message: str = "") -> None:
-            bars.update(task, completed=fraction, note=message[:60])
+        def update(name: str, fraction: float | None, message: str = "") -> None:
+            bars.update(tasks[name], completed=fraction, note=message[:60])
 
         yield update
+
+
+@contextmanager
+def _bar(description: str) -> Iterator[Callable[[float, str], None]]:
+    """A single progress bar; yields the ``progress(fraction, message)`` callback stages take."""
+    with _bars([description]) as update:
+        yield lambda fraction, message="": update(description, fraction, message)
 
 
 def _console() -> Any:
@@ -552,42 +538,16 @@ def cover(
     """One command, one cover: every stage in this process, no broker, a local store."""
     import shutil
 
-    from pydantic import ValidationError
-
     from streams.local import run_cover
 
     settings = get_settings()
-    try:
-        options = _options(
-            separator_model,
-            skip_separation,
-            f0_up_key,
-            f0_method,
-            epochs,
-            fmt,
-            title,
-            artist,
-            force,
-        )
-    except ValidationError as exc:
-        _fail(str(exc))
+    options = _options(
+        separator_model, skip_separation, f0_up_key, f0_method, epochs, fmt, title, artist, force
+    )
     voice_dir = voice if voice.is_dir() else None
     model = voice if voice.is_file() else None
     _quiet_logs()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
-        TimeElapsedColumn(),
-        console=_console(),
-    ) as bars:
-        tasks = {name: bars.add_task(name, total=1.0, note="") for name in STAGE_NAMES}
-
-        def progress(stage: str, fraction: float, message: str) -> None:
-            bars.update(tasks[stage], completed=fraction, note=message[:50])
-
+    with _bars(STAGE_NAMES) as progress:
         ready, track = _stage_errors(
             lambda: run_cover(
                 song,

@@ -85,8 +85,7 @@ def upload_voice_dataset(store: ObjectStore, job_id: str, folder: Path) -> str:
     return prefix
 
 
-def submit_job(
-    settings: Settings,
+def upload_job(
     store: ObjectStore,
     song: Path,
     *,
@@ -96,7 +95,7 @@ def submit_job(
     options: JobOptions | None = None,
     job_id: str | None = None,
 ) -> SongUploaded:
-    """Upload the song and the voice (dataset folder or .pth/.index), publish ``song.uploaded``."""
+    """Upload the song and the voice (dataset folder or .pth/.index); the job's first event."""
     job_id = job_id or new_job_id()
     options = (options or JobOptions()).model_copy(deep=True)
     song_key = keylayout.upload_key(job_id, song.name)
@@ -109,7 +108,12 @@ def submit_job(
         if voice_index is not None:
             options.voice.index_key = f"uploads/{job_id}/model/{voice_index.name}"
             store.put_file(options.voice.index_key, voice_index)
-    event = SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
+    return SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
+
+
+def submit_job(settings: Settings, store: ObjectStore, song: Path, **upload: Any) -> SongUploaded:
+    """:func:`upload_job`, then publish its ``song.uploaded``."""
+    event = upload_job(store, song, **upload)
     publish(settings, event)
     return event
 

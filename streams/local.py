@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from schemas.events import Event, JobOptions, ObjectKeys, SongUploaded, StageRecord, TrackReady
-from streams.client import AUDIO_SUFFIXES, new_job_id
-from streams.keys import upload_key
+from schemas.events import Event, JobOptions, StageRecord, TrackReady
+from streams.client import upload_job
+from streams.keys import job_event_key
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore, put_json
@@ -48,25 +48,17 @@ def run_cover(
     from datetime import UTC, datetime
 
     store = LocalStore(store_dir)
-    job_id = job_id or new_job_id()
-    options = (options or JobOptions()).model_copy(deep=True)
-    song_key = upload_key(job_id, song.name)
-    store.put_file(song_key, song)
-    if voice_dir is not None:
-        prefix = f"uploads/{job_id}/voice/"
-        files = [p for p in sorted(voice_dir.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
-        if not files:
-            raise ValueError(f"no audio files in {voice_dir}")
-        for path in files:
-            store.put_file(prefix + path.relative_to(voice_dir).as_posix(), path)
-        options.voice.dataset_key = prefix
-    if voice_model is not None:
-        options.voice.model_key = f"uploads/{job_id}/model/{voice_model.name}"
-        store.put_file(options.voice.model_key, voice_model)
-        if voice_index is not None:
-            options.voice.index_key = f"uploads/{job_id}/model/{voice_index.name}"
-            store.put_file(options.voice.index_key, voice_index)
-    event: Event = SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
+    event: Event = upload_job(
+        store,
+        song,
+        voice_dir=voice_dir,
+        voice_model=voice_model,
+        voice_index=voice_index,
+        options=options,
+        job_id=job_id,
+    )
+    options = event.options
+    job_id = event.job_id
     for name in STAGES:
         handler = load_handler(name)
         workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{name}-"))
@@ -93,7 +85,7 @@ def run_cover(
                 cache_hit=bool(getattr(output, "cache_hit", False)),
             ),
         ]
-        put_json(store, f"jobs/{job_id}/{output.topic}.json", output.model_dump(mode="json"))
+        put_json(store, job_event_key(job_id, output.topic), output.model_dump(mode="json"))
         progress(name, 1.0, "done")
         event = output
     assert isinstance(event, TrackReady)

@@ -135,7 +135,10 @@ class DrainingWorker(faust.Worker):
             return
         self.worker_state.draining = True
         log.info(
-            "draining", signal=signum.name, job_in_hand=self.worker_state.job_in_hand, grace_s=self.grace_s
+            "draining",
+            signal=signum.name,
+            job_in_hand=self.worker_state.job_in_hand,
+            grace_s=self.grace_s,
         )
         self.add_future(self._stop_when_idle(signum))
 

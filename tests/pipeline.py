@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.events import BY_TOPIC, Event
+from schemas.events import BY_TOPIC, Event, ObjectKeys, SongUploaded
 from streams.admin import create_topics
 from streams.settings import CACHE_HOME, Settings
 from streams.stack import StackConfig, down, up
@@ -176,8 +176,29 @@ class Pipeline:
         assert not missing, f"no {topic} for {sorted(missing)} within {timeout_s:.0f} s"
         return {job: found[job] for job in job_ids}
 
+    def songs(self, tag: str, n: int) -> list[SongUploaded]:
+        """Upload n small 'songs' (``song <job_id>``) and return their song.uploaded events."""
+        events = []
+        for i in range(n):
+            job_id = f"{tag}-{i:04d}"
+            key = f"uploads/{job_id}/song.wav"
+            self.store.put_bytes(key, f"song {job_id}".encode())
+            events.append(SongUploaded(job_id=job_id, keys=ObjectKeys(song=key)))
+        return events
+
     def count(self, prefix: str) -> int:
         return sum(1 for _ in self.store.list(prefix))
+
+
+def wait_job_in_hand(port: int, timeout_s: float = 60) -> str:
+    """Wait until the worker on ``port`` holds a job; returns its id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = health(port).get("job_in_hand")
+        if job:
+            return str(job)
+        time.sleep(0.05)
+    raise AssertionError("the worker never took a job")
 
 
 def health(port: int) -> dict[str, Any]:

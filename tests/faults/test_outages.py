@@ -8,28 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas.events import ObjectKeys, SongUploaded, TrackFailed
+from schemas.events import TrackFailed
 from streams.client import publish
 from streams.stack import StackConfig, down, start_broker, start_s3, stop_service, up
 from streams.topics import TRACK_READY, VOCALS_SEPARATED
-from tests.pipeline import SINGTOME, Pipeline, health
-
-
-def _songs(line: Pipeline, tag: str, n: int) -> list[SongUploaded]:
-    events = []
-    for i in range(n):
-        job_id = f"{tag}-{i:03d}"
-        key = f"uploads/{job_id}/song.wav"
-        line.store.put_bytes(key, f"song {job_id}".encode())
-        events.append(SongUploaded(job_id=job_id, keys=ObjectKeys(song=key)))
-    return events
-
-
-def _wait_busy(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not health(port).get("job_in_hand"):
-        assert time.monotonic() < deadline, "the worker never took a job"
-        time.sleep(0.05)
+from tests.pipeline import SINGTOME, Pipeline, wait_job_in_hand
 
 
 def test_s3_outage_is_retried_and_jobs_complete(pipeline: Pipeline) -> None:
@@ -45,9 +28,9 @@ def test_s3_outage_is_retried_and_jobs_complete(pipeline: Pipeline) -> None:
             "SINGTOME_S3_MAX_ATTEMPTS": "2",
         },
     )
-    events = _songs(pipeline, "s3-outage", 4)
+    events = pipeline.songs("s3-outage", 4)
     publish(pipeline.settings, *events)
-    _wait_busy(port)
+    wait_job_in_hand(port)
     stop_service(stack, "s3")
     try:
         time.sleep(30)
@@ -72,9 +55,9 @@ def test_s3_outage_past_the_retry_bound_fails_retriable_and_replay_resumes(
             "SINGTOME_S3_MAX_ATTEMPTS": "1",
         },
     )
-    (event,) = _songs(pipeline, "s3-down", 1)
+    (event,) = pipeline.songs("s3-down", 1)
     publish(pipeline.settings, event)
-    _wait_busy(port)
+    wait_job_in_hand(port)
     stop_service(stack, "s3")
     try:
         failed = pipeline.by_job("track.failed", {event.job_id}, timeout_s=90)[event.job_id]
@@ -116,7 +99,7 @@ def test_broker_restart_with_jobs_in_flight_loses_nothing(
     line = Pipeline(durable_stack, logs=tmp_path)
     try:
         line.start_test_workers(env={"SINGTOME_TEST_STAGE_SLEEP_S": "0.5"})
-        events = _songs(line, "broker", 8)
+        events = line.songs("broker", 8)
         publish(line.settings, *events)
         time.sleep(3)  # some jobs are between stages now
         stop_service(durable_stack, "broker")

@@ -10,36 +10,15 @@ import time
 
 import psutil
 
-from schemas.events import ObjectKeys, SongUploaded
 from streams.client import publish, publish_raw_async
 from streams.topics import SONG_UPLOADED, VOCALS_SEPARATED, dlq
-from tests.pipeline import Pipeline, health
+from tests.pipeline import Pipeline, health, wait_job_in_hand
 
 SEPARATOR = "tests.stages:separator"
 
 
-def _songs(line: Pipeline, tag: str, n: int) -> list[SongUploaded]:
-    events = []
-    for i in range(n):
-        job_id = f"{tag}-{i:04d}"
-        key = f"uploads/{job_id}/song.wav"
-        line.store.put_bytes(key, f"song {job_id}".encode())
-        events.append(SongUploaded(job_id=job_id, keys=ObjectKeys(song=key)))
-    return events
-
-
 def _computed(line: Pipeline, job_id: str) -> int:
     return line.count(f"counters/{job_id}/separator/")
-
-
-def _wait_job_in_hand(port: int, timeout_s: float = 60) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = health(port).get("job_in_hand")
-        if job:
-            return str(job)
-        time.sleep(0.05)
-    raise AssertionError("the worker never took a job")
 
 
 def test_job_longer_than_poll_interval_and_session_timeout_runs_once(pipeline: Pipeline) -> None:
@@ -53,7 +32,7 @@ def test_job_longer_than_poll_interval_and_session_timeout_runs_once(pipeline: P
             "SINGTOME_HEARTBEAT_INTERVAL_S": "1",
         },
     )
-    (event,) = _songs(pipeline, "long", 1)
+    (event,) = pipeline.songs("long", 1)
     publish(pipeline.settings, event)
     done = pipeline.by_job(VOCALS_SEPARATED, {event.job_id}, timeout_s=120)
     assert done[event.job_id].history[-1].stage == "separator"
@@ -69,9 +48,9 @@ def test_sigterm_finishes_the_job_in_hand_and_starts_no_other(pipeline: Pipeline
         SEPARATOR,
         env={"SINGTOME_TEST_STAGE_SLEEP_S": "4", "SINGTOME_SHUTDOWN_GRACE_S": "30"},
     )
-    events = _songs(pipeline, "drain", 3)
+    events = pipeline.songs("drain", 3)
     publish(pipeline.settings, *events)
-    held = _wait_job_in_hand(port)
+    held = wait_job_in_hand(port)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     finished = {e.job_id for e in pipeline.events(VOCALS_SEPARATED, until=1, timeout_s=10)}
@@ -91,9 +70,9 @@ def test_sigterm_past_the_grace_period_hands_the_job_back(pipeline: Pipeline) ->
         SEPARATOR,
         env={"SINGTOME_TEST_STAGE_SLEEP_S": "10", "SINGTOME_SHUTDOWN_GRACE_S": "1"},
     )
-    (event,) = _songs(pipeline, "handback", 1)
+    (event,) = pipeline.songs("handback", 1)
     publish(pipeline.settings, event)
-    _wait_job_in_hand(port)
+    wait_job_in_hand(port)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -107,7 +86,7 @@ def test_sigterm_past_the_grace_period_hands_the_job_back(pipeline: Pipeline) ->
 
 def test_poison_flood_is_answered_without_a_restart_loop(pipeline: Pipeline) -> None:
     proc, port = pipeline.start_worker("separator", SEPARATOR)
-    good = _songs(pipeline, "flood-good", 20)
+    good = pipeline.songs("flood-good", 20)
     poison: list[tuple[bytes | None, bytes]] = []
     for i in range(200):
         kind = i % 3
@@ -137,7 +116,7 @@ def test_poison_flood_is_answered_without_a_restart_loop(pipeline: Pipeline) -> 
 def test_duplicate_storm_gives_identical_outputs_and_counts_duplicates(pipeline: Pipeline) -> None:
     for _ in range(2):
         pipeline.start_worker("separator", SEPARATOR)
-    events = _songs(pipeline, "storm", 10)
+    events = pipeline.songs("storm", 10)
     for _ in range(3):
         publish(pipeline.settings, *events)
     answers = pipeline.events(VOCALS_SEPARATED, until=30, timeout_s=180)

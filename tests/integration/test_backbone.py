@@ -6,30 +6,21 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 from schemas.events import ObjectKeys, SongUploaded, TrackFailed, TrackReady
 from streams.client import publish, publish_raw_async
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, TRACK_READY, dlq
-from tests.pipeline import SINGTOME, Pipeline, health
+from tests.pipeline import SINGTOME, Pipeline, health, wait_job_in_hand
 
 STAGES = ("separator", "trainer", "converter", "mixer")
 
 
 def _submit(line: Pipeline, n: int, tag: str) -> dict[str, bytes]:
     """Upload n small 'songs' and publish song.uploaded for each; returns job id → song bytes."""
-    songs: dict[str, bytes] = {}
-    events = []
-    for i in range(n):
-        job_id = f"{tag}-{i:03d}"
-        data = f"song {tag} {i}".encode()
-        key = f"uploads/{job_id}/song.wav"
-        line.store.put_bytes(key, data)
-        songs[job_id] = data
-        events.append(SongUploaded(job_id=job_id, keys=ObjectKeys(song=key)))
+    events = line.songs(tag, n)
     publish(line.settings, *events)
-    return songs
+    return {e.job_id: line.store.get_bytes(e.keys.song or "") for e in events}
 
 
 def _expected_track(song: bytes) -> bytes:
@@ -117,11 +108,7 @@ def test_kill_9_while_holding_a_job_loses_nothing(pipeline: Pipeline) -> None:
         "trainer", "tests.stages:trainer", env={"SINGTOME_TEST_STAGE_SLEEP_S": "4"}
     )
     songs = _submit(pipeline, 6, "kill")
-    deadline = time.monotonic() + 60
-    while not health(port).get("job_in_hand"):
-        assert time.monotonic() < deadline, "the trainer never took a job"
-        time.sleep(0.1)
-    held = health(port)["job_in_hand"]
+    held = wait_job_in_hand(port)
     os.killpg(slow.pid, signal.SIGKILL)
     slow.wait()
     pipeline.start_worker(

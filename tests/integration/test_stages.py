@@ -27,9 +27,9 @@ from schemas.events import (
     VocalsSeparated,
     VoiceTrained,
 )
+from streams import demo_audio as audio_synth
 from streams.client import publish
 from streams.stack import StackConfig
-from streams import demo_audio as audio_synth
 from tests.pipeline import Pipeline
 
 SR = 44100

@@ -14,11 +14,11 @@ from agents.converter.models import ModelCache
 from agents.converter.stage import convert_vocals, find_voice_files, pitch_method
 from agents.trainer.profile import learn_profile
 from schemas.events import ConversionOptions, JobOptions, ObjectKeys, VocalsConverted, VoiceTrained
+from streams.demo_audio import speech_voice, sung_vocal, write
 from streams.errors import StageError
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore
-from streams.demo_audio import speech_voice, sung_vocal, write
 from tests.unit.test_converter import write_tiny_hubert, write_tiny_voice_model
 
 SR = 44100

@@ -21,12 +21,12 @@ from schemas.events import (
     TrackReady,
     VocalsConverted,
 )
+from streams import demo_audio as audio_synth
 from streams.errors import StageError
 from streams.keys import job_event_key, track_key
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore, put_json
-from streams import demo_audio as audio_synth
 from tests.unit.test_mixer import RATE, stereo, tone, write_stem
 
 JOB = "job-42"
