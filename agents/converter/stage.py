@@ -41,8 +41,6 @@ log = get_logger(__name__)
 Backend = Literal["rvc", "world"]
 ProgressFn = Callable[[float, str], None]
 
-# Without RMVPE weights, FCPE (weights shipped inside torchfcpe) is the closest in quality.
-RMVPE_STAND_IN = "fcpe"
 # Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
 LOUDNESS_WINDOW_S = 0.05
 
@@ -115,10 +113,9 @@ def _fit(audio: np.ndarray, length: int) -> np.ndarray:
 
 def pitch_method(params: ConversionOptions, settings: Settings) -> str:
     """The f0 method that will run: RMVPE needs weights; without them FCPE stands in."""
-    method = params.f0_method.strip().lower()
-    if method == "rmvpe" and settings.rmvpe_path is None:
-        return RMVPE_STAND_IN
-    return method
+    from agents.voice.f0 import resolve_f0_method
+
+    return resolve_f0_method(params.f0_method, settings.rmvpe_path)
 
 
 def _f0_extractor(method: str, settings: Settings, device: Any, cache: ModelCache) -> Any:
@@ -231,8 +228,10 @@ def convert_vocals(
     if voice.backend == "world":
         profile = world.VoiceProfile.load(voice.model)
         log.info("converting with the WORLD fallback voice", backend=world.BACKEND)
+        # WORLD has its own trackers: Harvest when asked for, else DIO (fast, fine on stems).
+        f0_method = "harvest" if params.f0_method == "harvest" else "dio"
         converted = world.convert_world(
-            vocals, sr, profile, params.f0_up_key, auto_key=True, progress=progress
+            vocals, sr, profile, params.f0_up_key, True, progress, f0_method
         )
     else:
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)

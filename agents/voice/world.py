@@ -32,6 +32,7 @@ import numpy as np
 
 from agents.converter.segments import quiet_cut_points, spans
 from streams.errors import StageError
+from streams.logging import get_logger
 
 BACKEND = "world"
 PROFILE_KIND = "singtome-world-voice-profile"
@@ -65,6 +66,8 @@ MARGIN_S = 0.2
 APERIODICITY_SR = 16000
 
 ProgressFn = Callable[[float, str], None]
+
+log = get_logger(__name__)
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -495,6 +498,15 @@ def convert_world(
     semitones = key_shift_semitones(source, profile, f0_up_key, auto_key)
     mapping = fit_envelope_map(source, profile)
     ratio = 2.0 ** (semitones / 12.0)
+    log.info(
+        "WORLD fallback conversion",
+        backend=BACKEND,
+        semitones=semitones,
+        formant_warp=round(mapping.warp, 3),
+        source_f0_hz=round(source.f0_mean_hz, 1),
+        target_f0_hz=round(profile.f0_mean_hz, 1),
+        pieces=len(split.pieces),
+    )
 
     grid = split.grid
     out = np.zeros(len(split.audio))

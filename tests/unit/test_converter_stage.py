@@ -149,7 +149,7 @@ def test_rmvpe_without_weights_falls_back_to_fcpe(tmp_path: Path) -> None:
     assert pitch_method(rmvpe, settings_for(tmp_path)) == "fcpe"
     weights = tmp_path / "rmvpe.pt"
     assert pitch_method(rmvpe, settings_for(tmp_path, rmvpe_path=weights)) == "rmvpe"
-    assert pitch_method(ConversionOptions(f0_method="Harvest"), settings_for(tmp_path)) == "harvest"
+    assert pitch_method(ConversionOptions(f0_method="harvest"), settings_for(tmp_path)) == "harvest"
 
 
 # --------------------------------------------------------------------------------------------------
