@@ -51,6 +51,20 @@ def test_twenty_jobs_through_four_worker_processes(pipeline: Pipeline) -> None:
     assert 'singtome_events_out_total{stage="mixer"} 20.0' in metrics
     assert 'singtome_stage_seconds_count{stage="mixer"} 20.0' in metrics
     assert health(ports["mixer"])["jobs_done"] == 20
+    status = subprocess.run(
+        [SINGTOME, "status", ready[0].job_id],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = json.loads(status.stdout)
+    assert set(shown) >= {"vocals.separated", "voice.trained", "vocals.converted", "track.ready"}
+    missing = subprocess.run(
+        [SINGTOME, "status", "no-such-job"], env=pipeline.env, capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "no job" in missing.stderr
 
 
 def test_bad_events_fail_with_codes_and_dlq_while_good_ones_complete(pipeline: Pipeline) -> None:

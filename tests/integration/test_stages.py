@@ -141,7 +141,8 @@ def test_trainer_empty_dataset_fails_then_trains_and_reuses(
     one, two = trained["tr-good-1"], trained["tr-good-2"]
     assert isinstance(one, VoiceTrained) and isinstance(two, VoiceTrained)
     assert one.voice_kind == "world", "no HuBERT configured: the labelled fallback"
-    assert not one.cache_hit and two.cache_hit
+    # Same voice twice: whichever job the worker took first trained it; the other reused it.
+    assert sorted([one.cache_hit, two.cache_hit]) == [False, True]
     assert one.keys.voice_model == two.keys.voice_model
     assert line.store.exists(one.keys.voice_model or "")
 
