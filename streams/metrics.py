@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    def __init__(self, register: bool = True) -> None:
+    def __init__(self) -> None:
         # Each Metrics owns its registry, so tests can build many without name clashes.
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import json
 import shutil
 import tempfile
@@ -75,7 +76,7 @@ class Runner:
     settings: Settings
     store: ObjectStore
     emitter: Emitter
-    metrics: Metrics = field(default_factory=lambda: Metrics(register=False))
+    metrics: Metrics = field(default_factory=Metrics)
     executor: concurrent.futures.Executor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1)
     )
@@ -123,12 +124,13 @@ class Runner:
 
     async def _run(self, raw: bytes, event: Event, started: datetime) -> Outcome:
         name = self.stage.stage
-        duplicate = self._seen_before(event)
+        duplicate = await self._offload(self._seen_before, event)
         if duplicate:
             self.metrics.duplicates.labels(name).inc()
             log.warning("duplicate delivery", source_event_id=event.event_id)
         log.info("stage started", topic=self.stage.consumes)
-        self._save_state(event.follow(JobProgress, stage=name, fraction=0.0, message="started"))
+        started_state = event.follow(JobProgress, stage=name, fraction=0.0, message="started")
+        await self._offload(self._save_state, started_state)
         attempt = 0
         while True:
             attempt += 1
@@ -208,6 +210,14 @@ class Runner:
         )
         return Outcome("done", event.job_id, output=output, duplicate=duplicate)
 
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Blocking S3 calls run on the stage's thread, so the event loop (and with it the
+        consumer's heartbeats) never waits on the network."""
+        context = contextvars.copy_context()  # keeps job_id/stage on the thread's log lines
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, context.run, fn, *args
+        )
+
     def _seen_before(self, event: Event) -> bool:
         """Mark this event as seen by the stage; True when it was seen before.
 
@@ -238,7 +248,7 @@ class Runner:
             progress=progress,
             force=event.options.force,
         )
-        context = _copy_log_context()
+        context = contextvars.copy_context()
         try:
             future = loop.run_in_executor(self.executor, context.run, self.handler, event, ctx)
             return await asyncio.wait_for(future, timeout=self.settings.stage_timeout_s)
@@ -271,7 +281,7 @@ class Runner:
 
     async def _publish(self, output: Event) -> None:
         """Job state to S3 first, then the event: a reader of the event finds the state."""
-        self._save_state(output)
+        await self._offload(self._save_state, output)
         await self.emitter.send(output.topic, output.job_id, encode(output))
 
     def _save_state(self, event: Event) -> None:
@@ -316,7 +326,7 @@ class Runner:
             "singtome-retriable": b"true" if retriable else b"false",
         }
         await self.emitter.send(dlq(self.stage.consumes), failure.job_id, raw, headers)
-        self._save_state(failure)
+        await self._offload(self._save_state, failure)
         await self.emitter.send(TRACK_FAILED, failure.job_id, encode(failure))
         return Outcome("failed", failure.job_id, failure=failure)
 
@@ -337,9 +347,3 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the stage did not finish within SINGTOME_STAGE_TIMEOUT_S"
     return str(exc) or type(exc).__name__
-
-
-def _copy_log_context() -> Any:
-    import contextvars
-
-    return contextvars.copy_context()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 
 import psutil
 
@@ -114,8 +115,7 @@ def test_poison_flood_is_answered_without_a_restart_loop(pipeline: Pipeline) -> 
 
 
 def test_duplicate_storm_gives_identical_outputs_and_counts_duplicates(pipeline: Pipeline) -> None:
-    for _ in range(2):
-        pipeline.start_worker("separator", SEPARATOR)
+    ports = [pipeline.start_worker("separator", SEPARATOR)[1] for _ in range(2)]
     events = pipeline.songs("storm", 10)
     for _ in range(3):
         publish(pipeline.settings, *events)
@@ -130,3 +130,10 @@ def test_duplicate_storm_gives_identical_outputs_and_counts_duplicates(pipeline:
     assert len(stems) == 10
     for key in stems:
         assert pipeline.store.get_bytes(key or "").startswith(b"separated:vocals:")
+    counted = 0.0
+    for port in ports:  # the duplicates are visible in the workers' metrics too
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith('singtome_duplicate_deliveries_total{stage="separator"}'):
+                    counted += float(line.split()[-1])
+    assert counted == 20

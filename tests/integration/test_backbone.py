@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 
 from schemas.events import ObjectKeys, SongUploaded, TrackFailed, TrackReady
@@ -123,6 +124,10 @@ def test_kill_9_while_holding_a_job_loses_nothing(pipeline: Pipeline) -> None:
     )
     songs = _submit(pipeline, 6, "kill")
     held = wait_job_in_hand(port)
+    deadline = time.monotonic() + 30
+    while not pipeline.count(f"jobs/{held}/seen/trainer/"):  # the delivery is on record
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     os.killpg(slow.pid, signal.SIGKILL)
     slow.wait()
     pipeline.start_worker(
