@@ -118,6 +118,7 @@ class DrainingWorker(faust.Worker):
 
     def __init__(self, app: faust.App, state: WorkerState, grace_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        self.spinner = None  # a terminal spinner would put escape codes into the JSON log stream
         self.worker_state = state
         self.grace_s = grace_s
 

@@ -66,6 +66,11 @@ def test_twenty_jobs_through_four_worker_processes(pipeline: Pipeline) -> None:
         [SINGTOME, "status", "no-such-job"], env=pipeline.env, capture_output=True, text=True
     )
     assert missing.returncode == 1 and "no job" in missing.stderr
+    for proc in pipeline.procs:  # every log line: one JSON object naming its stage and job
+        lines = [line for line in proc.log_path.read_text().splitlines() if line.strip()]  # type: ignore[attr-defined]
+        records = [json.loads(line) for line in lines]
+        assert records and all("stage" in r and "job_id" in r for r in records)
+        assert {r["job_id"] for r in records if r["event"] == "stage done"} == set(songs)
 
 
 def test_bad_events_fail_with_codes_and_dlq_while_good_ones_complete(pipeline: Pipeline) -> None:
