@@ -1,0 +1,56 @@
+"""The whole pipeline in one process on the RVC path: the trainer's model and index feed the
+converter (tiny sizes, a tiny 768-d content encoder written by the test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from schemas.events import JobOptions
+from streams import demo_audio
+from streams.keys import job_event_key
+from streams.local import run_cover
+from streams.settings import Settings
+from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
+
+SR = 44100
+
+
+def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noqa: F811
+    vocal, _ = demo_audio.sung_vocal(3.0, sr=SR, seed=5)
+    song = tmp_path / "song.wav"
+    sf.write(song, demo_audio.mix(vocal, demo_audio.accompaniment(3.0, sr=SR, seed=5), -3.0), SR)
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    for take in range(2):
+        speech = demo_audio.speech_voice(6.0, SR, voice="en+f3", seed=take)
+        sf.write(voice / f"take{take}.wav", speech[0] if isinstance(speech, tuple) else speech, SR)
+    options = JobOptions()
+    options.voice.epochs = 1
+    options.voice.f0_method = "harvest"
+    options.conversion.f0_method = "harvest"
+    options.output.format = "flac"
+    stages: list[str] = []
+    ready, track = run_cover(
+        song,
+        settings=Settings(hubert_path=tiny_hubert, train_model_size="tiny", device="cpu"),
+        store_dir=tmp_path / "store",
+        voice_dir=voice,
+        options=options,
+        progress=lambda stage, fraction, message: stages.append(stage),
+    )
+    assert ready.keys.voice_index and ready.keys.voice_model
+    assert ready.keys.voice_model.endswith("model.pth")
+    audio, rate = sf.read(track)
+    assert rate == SR and len(audio) / rate == pytest.approx(3.0, abs=0.05)
+    assert ready.loudness_lufs == pytest.approx(-14.0, abs=1.0)
+    assert stages[0] == "separator" and stages[-1] == "mixer"
+    state = json.loads(
+        (tmp_path / "store" / job_event_key(ready.job_id, "vocals.converted")).read_text()
+    )
+    assert state["backend"] == "rvc"
+    converted = Path(tmp_path / "store" / (ready.keys.converted_vocals or ""))
+    assert sf.info(str(converted)).duration == pytest.approx(3.0, abs=0.05)
