@@ -29,24 +29,34 @@ log = get_logger(__name__)
 SR = 44100
 
 
-def make_demo_inputs(folder: Path, seconds: float = 8.0) -> tuple[Path, Path]:
-    """Write ``song.wav`` and ``voice/take*.wav`` into ``folder`` (once); returns both paths."""
+def make_demo_inputs(
+    folder: Path,
+    seconds: float = 8.0,
+    *,
+    voice: str = "en+m3",
+    takes: int = 3,
+    take_s: float = 8.0,
+    seed: int = 7,
+    song_name: str = "song.wav",
+) -> tuple[Path, Path]:
+    """Write a song (a sung melody over a band) and ``voice/take*.wav`` (speech of another voice,
+    espeak-ng's ``voice``) into ``folder``, unless already there; returns both paths."""
     import soundfile as sf
 
     from streams import demo_audio
 
-    song = folder / "song.wav"
-    voice = folder / "voice"
-    if song.exists() and len(list(voice.glob("*.wav"))) >= 3:
-        return song, voice
-    voice.mkdir(parents=True, exist_ok=True)
-    vocal, _ = demo_audio.sung_vocal(seconds, sr=SR, seed=7)
-    band = demo_audio.accompaniment(seconds, sr=SR, seed=7)
+    song = folder / song_name
+    voice_dir = folder / "voice"
+    if song.exists() and len(list(voice_dir.glob("*.wav"))) >= takes:
+        return song, voice_dir
+    voice_dir.mkdir(parents=True, exist_ok=True)
+    vocal, _ = demo_audio.sung_vocal(seconds, sr=SR, seed=seed)
+    band = demo_audio.accompaniment(seconds, sr=SR, seed=seed)
     sf.write(song, demo_audio.mix(vocal, band, -2.0), SR)
-    for take in range(3):
-        speech = demo_audio.speech_voice(8.0, SR, voice="en+m3", seed=take)
-        sf.write(voice / f"take{take}.wav", speech[0] if isinstance(speech, tuple) else speech, SR)
-    return song, voice
+    for take in range(takes):
+        speech = demo_audio.speech_voice(take_s, SR, voice=voice, seed=take)
+        sf.write(voice_dir / f"take{take}.wav", speech, SR)
+    return song, voice_dir
 
 
 @contextlib.contextmanager

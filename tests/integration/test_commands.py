@@ -11,7 +11,7 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from streams import demo_audio
+from streams.demo import make_demo_inputs
 from streams.stack import StackConfig
 from tests.pipeline import SINGTOME
 
@@ -52,16 +52,15 @@ def test_demo_makes_a_cover_through_the_broker(stack: StackConfig, tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("cover-inputs")
-    vocal, _ = demo_audio.sung_vocal(4.0, sr=SR, seed=11)
-    song = folder / "song.flac"
-    sf.write(song, demo_audio.mix(vocal, demo_audio.accompaniment(4.0, sr=SR, seed=11), -3.0), SR)
-    voice = folder / "voice"
-    voice.mkdir()
-    for take in range(2):
-        speech = demo_audio.speech_voice(5.0, SR, voice="en+f3", seed=take)
-        sf.write(voice / f"take{take}.wav", speech[0] if isinstance(speech, tuple) else speech, SR)
-    return song, voice
+    return make_demo_inputs(
+        tmp_path_factory.mktemp("cover-inputs"),
+        4.0,
+        voice="en+f3",
+        takes=2,
+        take_s=5.0,
+        seed=11,
+        song_name="song.flac",
+    )
 
 
 def test_cover_in_one_process_then_reuses_the_voice(

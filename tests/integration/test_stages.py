@@ -65,7 +65,7 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     takes = {}
     for i in range(2):
         speech = audio_synth.speech_voice(5.0, SR, voice="en+m3", seed=i)
-        takes[f"take{i}.wav"] = wav(speech[0] if isinstance(speech, tuple) else speech)
+        takes[f"take{i}.wav"] = wav(speech)
     return {"song.wav": wav(song), "vocal.wav": wav(vocal), **takes}
 
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from schemas.events import JobOptions
-from streams import demo_audio
+from streams.demo import make_demo_inputs
 from streams.keys import job_event_key
 from streams.local import run_cover
 from streams.settings import Settings
@@ -20,14 +20,7 @@ SR = 44100
 
 
 def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noqa: F811
-    vocal, _ = demo_audio.sung_vocal(3.0, sr=SR, seed=5)
-    song = tmp_path / "song.wav"
-    sf.write(song, demo_audio.mix(vocal, demo_audio.accompaniment(3.0, sr=SR, seed=5), -3.0), SR)
-    voice = tmp_path / "voice"
-    voice.mkdir()
-    for take in range(2):
-        speech = demo_audio.speech_voice(6.0, SR, voice="en+f3", seed=take)
-        sf.write(voice / f"take{take}.wav", speech[0] if isinstance(speech, tuple) else speech, SR)
+    song, voice = make_demo_inputs(tmp_path, 3.0, voice="en+f3", takes=2, take_s=6.0, seed=5)
     options = JobOptions()
     options.voice.epochs = 1
     options.voice.f0_method = "harvest"

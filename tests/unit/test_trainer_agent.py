@@ -30,7 +30,7 @@ SR = 44100
 def _wav(seconds: float, seed: int, voice: str = "en+m3") -> bytes:
     speech = speech_voice(seconds, SR, voice=voice, seed=seed)
     buffer = io.BytesIO()
-    sf.write(buffer, speech[0] if isinstance(speech, tuple) else speech, SR, format="WAV")
+    sf.write(buffer, speech, SR, format="WAV")
     return buffer.getvalue()
 
 
