@@ -18,8 +18,10 @@ import importlib
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -188,6 +190,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
+        datadir=str(_faust_datadir() / "{conf.name}-data"),
         # Job state lives in S3, not in Faust tables; no leader topic is needed either.
         topic_disable_leader=True,
         topic_partitions=settings.topic_partitions,
@@ -271,6 +274,13 @@ def create_app(
         health=f"http://{settings.health_host}:{port}/health",
     )
     return app, runner, state
+
+
+def _faust_datadir() -> Path:
+    """Faust keeps a data folder per app even without tables: not in the working directory."""
+    folder = Path(tempfile.gettempdir()) / "singtome-faust"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _set_busy(state: WorkerState, metrics: Metrics, stage: str, job_id: str | None) -> None:
