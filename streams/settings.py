@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     train_model_size: Literal["full", "tiny"] = Field(
         "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
     )
+    converter_batch_pieces: int = Field(
+        0, ge=0, description="Vocal pieces synthesized together; 0: 4 on a GPU, 1 on the CPU."
+    )
     device: str = Field("auto", description="'auto' (CUDA when torch sees it), 'cpu', 'cuda:0'.")
     model_cache_mb: int = Field(4096, ge=64, description="Memory bound of loaded voice models.")
 

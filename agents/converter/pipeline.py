@@ -249,6 +249,85 @@ def _features(
     return features.float()
 
 
+@dataclass
+class PreparedPiece:
+    """One piece's synthesizer inputs: features at the pitch frame rate, and its pitch."""
+
+    phone: torch.Tensor  # (frames, dim)
+    coarse: torch.Tensor | None  # (frames,) int64, None for a model without pitch
+    nsf: torch.Tensor | None  # (frames,) Hz
+    frames: int
+
+
+def prepare_piece(
+    voice_model: Any,
+    encoder: ContentEncoder,
+    index: LoadedIndex | None,
+    audio16k: np.ndarray,
+    frames: int,
+    pitch: np.ndarray | None,
+    pitchf: np.ndarray | None,
+    params: ConversionOptions,
+) -> PreparedPiece:
+    """Content features, retrieval and protection for one piece."""
+    device = next(voice_model.synthesizer.parameters()).device
+    source = _features(encoder, audio16k, voice_model.version, device).cpu()
+    if source.shape[1] != voice_model.phone_dim:
+        from streams.errors import StageError
+
+        raise StageError(
+            "model_mismatch",
+            f"the content encoder gives {source.shape[1]}-d features, the voice model "
+            f"({voice_model.version}) needs {voice_model.phone_dim}",
+        )
+    converted = torch.from_numpy(retrieve_features(source.numpy(), index, params.index_rate))
+    converted = upsample_features(converted, frames)
+    use_pitch = voice_model.f0 and pitch is not None and pitchf is not None
+    if not use_pitch:
+        return PreparedPiece(converted, None, None, frames)
+    assert pitch is not None and pitchf is not None
+    nsff0 = torch.from_numpy(np.asarray(pitchf[:frames], dtype=np.float32))
+    converted = protect_unvoiced(
+        converted, upsample_features(source, frames), nsff0, params.protect
+    )
+    coarse = torch.from_numpy(np.asarray(pitch[:frames], dtype=np.int64))
+    return PreparedPiece(converted, coarse, nsff0, frames)
+
+
+def _stack(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Rows of different lengths, zero-padded on the frame axis to ``length`` and stacked."""
+    return torch.stack(
+        [torch.nn.functional.pad(row, (0, 0) * (row.dim() - 1) + (0, length - row.shape[0]))
+         for row in rows]
+    )  # fmt: skip
+
+
+def synthesize(voice_model: Any, pieces: list[PreparedPiece], seed: int) -> list[np.ndarray]:
+    """Run the synthesizer once on a batch of pieces; each gets ``frames * hop`` samples.
+
+    Shorter pieces are padded and masked by their lengths, as VITS does for batches.
+    """
+    synthesizer = voice_model.synthesizer
+    device = next(synthesizer.parameters()).device
+    dtype = next(synthesizer.parameters()).dtype
+    longest = max(piece.frames for piece in pieces)
+    phone = _stack([p.phone for p in pieces], longest).to(device, dtype)
+    lengths = torch.tensor([p.frames for p in pieces], device=device)
+    sid = torch.full((len(pieces),), SPEAKER_ID, device=device)
+    with_pitch = pieces[0].coarse is not None
+    coarse = _stack([p.coarse for p in pieces], longest).to(device) if with_pitch else None  # type: ignore[misc]
+    nsf = _stack([p.nsf for p in pieces], longest).to(device, dtype) if with_pitch else None  # type: ignore[misc]
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        audio = synthesizer.infer(phone, lengths, coarse, nsf, sid)
+    if isinstance(audio, tuple | list):  # RVC-style (audio, mask, ...) returns
+        audio = audio[0]
+    audio = audio.reshape(len(pieces), -1).float().cpu()
+    hop = audio.shape[1] // longest
+    return [audio[i, : piece.frames * hop].numpy() for i, piece in enumerate(pieces)]
+
+
 def convert_piece(
     voice_model: Any,
     encoder: ContentEncoder,
@@ -264,43 +343,8 @@ def convert_piece(
 
     Returns ``frames * hop`` samples at the model's rate.
     """
-    synthesizer = voice_model.synthesizer
-    device = next(synthesizer.parameters()).device
-    dtype = next(synthesizer.parameters()).dtype
-    source = _features(encoder, audio16k, voice_model.version, device).cpu()
-    if source.shape[1] != voice_model.phone_dim:
-        from streams.errors import StageError
-
-        raise StageError(
-            "model_mismatch",
-            f"the content encoder gives {source.shape[1]}-d features, the voice model "
-            f"({voice_model.version}) needs {voice_model.phone_dim}",
-        )
-    converted = torch.from_numpy(retrieve_features(source.numpy(), index, params.index_rate))
-    converted = upsample_features(converted, frames)
-    use_pitch = voice_model.f0 and pitch is not None and pitchf is not None
-    nsff0 = torch.from_numpy(np.asarray(pitchf[:frames], dtype=np.float32)) if use_pitch else None
-    if use_pitch and nsff0 is not None:
-        converted = protect_unvoiced(
-            converted, upsample_features(source, frames), nsff0, params.protect
-        )
-
-    phone = converted.unsqueeze(0).to(device, dtype)
-    lengths = torch.tensor([frames], device=device)
-    sid = torch.tensor([SPEAKER_ID], device=device)
-    coarse = (
-        torch.from_numpy(np.asarray(pitch[:frames], dtype=np.int64)).unsqueeze(0).to(device)
-        if use_pitch and pitch is not None
-        else None
-    )
-    nsf = nsff0.unsqueeze(0).to(device, dtype) if nsff0 is not None else None
-    devices = [device] if device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        audio = synthesizer.infer(phone, lengths, coarse, nsf, sid)
-    if isinstance(audio, tuple | list):  # RVC-style (audio, mask, ...) returns
-        audio = audio[0]
-    return audio.reshape(-1).float().cpu().numpy()
+    prepared = prepare_piece(voice_model, encoder, index, audio16k, frames, pitch, pitchf, params)
+    return synthesize(voice_model, [prepared], seed)[0]
 
 
 def convert_audio16k(
@@ -312,8 +356,12 @@ def convert_audio16k(
     f0_extractor: PitchExtractor | None,
     progress: ProgressFn = _no_progress,
     windows: Windows = Windows(),
+    batch_pieces: int = 1,
 ) -> np.ndarray:
-    """Converted vocals at the model's rate from high-passed 16 kHz vocals."""
+    """Converted vocals at the model's rate from high-passed 16 kHz vocals.
+
+    ``batch_pieces`` pieces go through the synthesizer together (worth it on a GPU).
+    """
     if len(audio16k) < WINDOW:
         from streams.errors import StageError
 
@@ -336,21 +384,33 @@ def convert_audio16k(
 
     pieces = _pieces(padded, length, pad, windows, audio16k)
     outputs: list[np.ndarray] = []
-    for number, piece in enumerate(pieces):
-        span = slice(piece.first_frame, piece.first_frame + piece.frames)
-        rendered = convert_piece(
-            voice_model,
-            encoder,
-            index,
-            piece.audio,
-            piece.frames,
-            pitch[span] if pitch is not None else None,
-            pitchf[span] if pitchf is not None else None,
-            params,
-            seed=NOISE_SEED + number,
-        )
-        outputs.append(rendered[pad_frames * hop : (pad_frames + piece.keep_frames) * hop])
-        progress(0.1 + 0.85 * (number + 1) / len(pieces), f"converted piece {number + 1}")
+    batch = max(1, batch_pieces)
+    for first in range(0, len(pieces), batch):
+        group = pieces[first : first + batch]
+        prepared = [
+            prepare_piece(
+                voice_model,
+                encoder,
+                index,
+                piece.audio,
+                piece.frames,
+                pitch[piece.first_frame : piece.first_frame + piece.frames]
+                if pitch is not None
+                else None,
+                pitchf[piece.first_frame : piece.first_frame + piece.frames]
+                if pitchf is not None
+                else None,
+                params,
+            )
+            for piece in group
+        ]
+        # One seed per batch: with batch_pieces=1 each piece keeps its own, as before.
+        for piece, rendered in zip(
+            group, synthesize(voice_model, prepared, NOISE_SEED + first), strict=True
+        ):
+            outputs.append(rendered[pad_frames * hop : (pad_frames + piece.keep_frames) * hop])
+        done = first + len(group)
+        progress(0.1 + 0.85 * done / len(pieces), f"converted piece {done}/{len(pieces)}")
 
     converted = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
     expected = round(length * tgt_sr / SAMPLE_RATE)
@@ -387,6 +447,7 @@ def convert_rvc(
     progress: ProgressFn = _no_progress,
     output_sr: int | None = None,
     windows: Windows = Windows(),
+    batch_pieces: int = 1,
 ) -> tuple[np.ndarray, int]:
     """The vocals file converted into ``voice_model``'s voice: ``(mono float32, sample rate)``.
 
@@ -397,8 +458,9 @@ def convert_rvc(
 
     audio16k = highpass_48hz(load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True)
     converted = convert_audio16k(
-        audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows
-    )
+        audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows,
+        batch_pieces,
+    )  # fmt: skip
     sr = int(voice_model.tgt_sr)
     if output_sr and output_sr != sr:
         converted = resample(converted, sr, output_sr)

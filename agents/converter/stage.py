@@ -192,6 +192,7 @@ def _convert_rvc(
         extractor,
         lambda fraction, message: progress(0.05 + 0.9 * fraction, message),
         output_sr=settings.stem_sample_rate,
+        batch_pieces=settings.converter_batch_pieces or (4 if device.type == "cuda" else 1),
     )
 
 

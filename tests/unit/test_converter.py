@@ -164,8 +164,9 @@ class RecordingSynthesizer(nn.Module):
         self.calls.append(
             {"phone": phone.clone(), "lengths": phone_lengths.clone(), "pitch": pitch, "f0": nsff0}
         )
-        value = phone[0, :, 0] + (nsff0[0] / 1000.0 if nsff0 is not None else 0.0)
-        return (value.repeat_interleave(self.hop_length) * self.gain).reshape(1, 1, -1)
+        value = phone[:, :, 0] + (nsff0 / 1000.0 if nsff0 is not None else 0.0)
+        rendered = value.repeat_interleave(self.hop_length, dim=1) * self.gain
+        return rendered.reshape(phone.shape[0], 1, -1)
 
 
 def recording_model(tgt_sr: int = 40000, f0: bool = True, dim: int = 8) -> Any:
@@ -218,8 +219,9 @@ def test_tiny_models_convert_with_right_length_and_rate(
     )
     voice_model = load_voice_model(path)
     extractor = get_f0_extractor("pm") if f0 else None
-    # One variant is cut into pieces; the join itself is checked exactly further down.
-    windows = SMALL_PIECES if (version, f0) == ("v1", True) else ONE_PIECE
+    # Two variants are cut into pieces, one of them synthesized in padded batches (the real
+    # synthesizer's masks); the joins themselves are checked exactly further down.
+    windows = SMALL_PIECES if f0 else ONE_PIECE
     audio, sr = convert_rvc(
         vocals_file,
         voice_model,
@@ -228,6 +230,7 @@ def test_tiny_models_convert_with_right_length_and_rate(
         ConversionOptions(),
         extractor,
         windows=windows,
+        batch_pieces=3 if version == "v2" else 1,
     )
     assert sr == voice_model.tgt_sr == {"40k": 40000, "48k": 48000}[sample_rate]
     assert audio.dtype == np.float32
@@ -427,6 +430,29 @@ def test_pieces_join_seamlessly() -> None:
     assert outputs["whole_calls"] == 1 and outputs["pieces_calls"] >= 3
     assert len(outputs["whole"]) == len(outputs["pieces"]) == 3 * 48000
     np.testing.assert_allclose(outputs["pieces"], outputs["whole"], atol=1e-5)
+
+
+def test_batched_pieces_give_the_same_output_in_fewer_synthesizer_calls() -> None:
+    audio, _ = sung_vocal(3.0, SR16, seed=7)
+    extractor = get_f0_extractor("pm")
+    outputs = {}
+    calls = {}
+    for batch in (1, 3):
+        model = recording_model(tgt_sr=40000)
+        outputs[batch] = convert_audio16k(
+            audio,
+            model,
+            FrameLocalEncoder(8),
+            None,
+            ConversionOptions(),
+            extractor,
+            windows=SMALL_PIECES,
+            batch_pieces=batch,
+        )
+        calls[batch] = [call["phone"].shape[0] for call in model.synthesizer.calls]
+    assert max(calls[1]) == 1 and len(calls[1]) >= 3
+    assert max(calls[3]) == 3 and len(calls[3]) == -(-len(calls[1]) // 3)
+    np.testing.assert_allclose(outputs[3], outputs[1], atol=1e-5)
 
 
 def test_cuts_fall_in_quiet_gaps_on_the_feature_grid() -> None:
