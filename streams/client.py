@@ -27,7 +27,7 @@ from streams import keys as keylayout
 from streams.admin import kafka_client_kwargs
 from streams.settings import Settings
 from streams.store import ObjectNotFound, ObjectStore, get_json
-from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, TRACK_READY, physical
+from streams.topics import TRACK_FAILED, TRACK_READY, physical
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma", ".aiff"}
 
@@ -155,13 +155,6 @@ def wait_for_job(
         time.sleep(poll_s)
 
 
-def stage_of_topic(topic: str) -> str | None:
-    for stage in STAGES.values():
-        if stage.produces == topic:
-            return stage.stage
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # Replay
 # --------------------------------------------------------------------------------------------------
@@ -253,13 +246,3 @@ async def replay_async(
 
 def replay(settings: Settings, topic: str, **kwargs: Any) -> dict[str, Any]:
     return asyncio.run(replay_async(settings, topic, **kwargs))
-
-
-__all__ = [
-    "JOB_PROGRESS",
-    "job_state",
-    "publish",
-    "replay",
-    "submit_job",
-    "wait_for_job",
-]
