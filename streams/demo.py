@@ -162,5 +162,5 @@ def run_demo(
                 local = out_dir / f"cover-{event.job_id}.mp3"
                 store.get_file(result.track_key, local)
                 say(f"track: s3://{settings.s3_bucket}/{result.track_key}")
-                say(f"copied to {local}")
+                say(f"copied to {local.resolve()}")
             return result
