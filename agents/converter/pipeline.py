@@ -328,25 +328,6 @@ def synthesize(voice_model: Any, pieces: list[PreparedPiece], seed: int) -> list
     return [audio[i, : piece.frames * hop].numpy() for i, piece in enumerate(pieces)]
 
 
-def convert_piece(
-    voice_model: Any,
-    encoder: ContentEncoder,
-    index: LoadedIndex | None,
-    audio16k: np.ndarray,
-    frames: int,
-    pitch: np.ndarray | None,
-    pitchf: np.ndarray | None,
-    params: ConversionOptions,
-    seed: int = NOISE_SEED,
-) -> np.ndarray:
-    """One piece through content features, retrieval, protection and the synthesizer.
-
-    Returns ``frames * hop`` samples at the model's rate.
-    """
-    prepared = prepare_piece(voice_model, encoder, index, audio16k, frames, pitch, pitchf, params)
-    return synthesize(voice_model, [prepared], seed)[0]
-
-
 def convert_audio16k(
     audio16k: np.ndarray,
     voice_model: Any,
