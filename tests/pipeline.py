@@ -32,7 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SINGTOME = str(Path(sys.executable).with_name("singtome"))
 
 
-TEST_STACK_ROOT = CACHE_HOME / "test-stack"
+# Several checkouts may run their tests on one machine at once: SINGTOME_TEST_PORT_OFFSET moves
+# every test port (and the fixed stack folder) so their stacks stay apart. Keep it a multiple of
+# 100 below 1000: SeaweedFS also listens at S3 port +1000..+1003 and +10000.
+PORT_OFFSET = int(os.environ.get("SINGTOME_TEST_PORT_OFFSET", "0"))
+TEST_STACK_ROOT = CACHE_HOME / ("test-stack" + (f"-{PORT_OFFSET}" if PORT_OFFSET else ""))
+
+
+def stack_port(name: str, default: int) -> int:
+    """A test port: ``SINGTOME_TEST_<NAME>_PORT`` when set, else the default moved by the offset."""
+    return int(os.environ.get(f"SINGTOME_TEST_{name}_PORT", default + PORT_OFFSET))
 
 
 @contextlib.contextmanager
@@ -44,8 +53,8 @@ def local_stack(root: Path = TEST_STACK_ROOT) -> Iterator[StackConfig]:
     """
     cfg = StackConfig(
         root=root,
-        kafka_port=int(os.environ.get("SINGTOME_TEST_KAFKA_PORT", "29092")),
-        s3_port=int(os.environ.get("SINGTOME_TEST_S3_PORT", "28333")),
+        kafka_port=stack_port("KAFKA", 29092),
+        s3_port=stack_port("S3", 28333),
         bucket="singtome-test",
     )
     down(cfg)

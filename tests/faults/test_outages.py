@@ -12,7 +12,7 @@ from schemas.events import TrackFailed
 from streams.client import publish
 from streams.stack import StackConfig, down, start_broker, start_s3, stop_service, up
 from streams.topics import TRACK_READY, VOCALS_SEPARATED
-from tests.pipeline import SINGTOME, Pipeline, wait_job_in_hand
+from tests.pipeline import SINGTOME, Pipeline, stack_port, wait_job_in_hand
 
 
 def test_s3_outage_is_retried_and_jobs_complete(pipeline: Pipeline) -> None:
@@ -81,8 +81,8 @@ def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackCon
     """A second stack whose broker keeps its log in S3, so it survives a restart."""
     cfg = StackConfig(
         root=tmp_path_factory.mktemp("durable"),
-        kafka_port=25092,
-        s3_port=23333,
+        kafka_port=stack_port("DURABLE_KAFKA", 25092),
+        s3_port=stack_port("DURABLE_S3", 23333),
         bucket="singtome-durable",
         durable_broker=True,
     )
