@@ -23,6 +23,12 @@ from streams.store import LocalStore, TransientStoreError
 from streams.topics import STAGES
 
 
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 class ListEmitter:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, bytes, dict[str, bytes] | None]] = []
@@ -102,7 +108,7 @@ def test_redelivery_is_counted_as_duplicate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "code", "job_id"),
     [
-        (b"\xff\xfe not json", "malformed_event", "unknown"),
+        (b"\xff\xfe not json", "malformed_event", "unknown-" + _sha(b"\xff\xfe not json")),
         (
             json.dumps({"job_id": "j9", "schema_version": "3.1"}).encode(),
             "unsupported_schema_version",
@@ -149,7 +155,7 @@ def test_stage_errors_and_crashes_become_track_failed(tmp_path: Path) -> None:
         (_separated, "missing_object"),
     ):
         runner, emitter = _runner(tmp_path, handler)
-        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/none.wav"))
+        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/job-2/none.wav"))
         outcome = asyncio.run(runner.process(encode(event)))
         assert outcome.failure and outcome.failure.code == code
         assert outcome.failure.source_event_id == event.event_id

@@ -7,12 +7,15 @@ import pytest
 from schemas.events import (
     BY_TOPIC,
     EventDecodeError,
+    JobProgress,
     ObjectKeys,
     SongUploaded,
     TrackFailed,
     VocalsSeparated,
     decode,
     encode,
+    follow_event_id,
+    is_valid_id,
 )
 from schemas.export import asyncapi_document, export
 
@@ -39,6 +42,46 @@ def test_follow_carries_envelope_with_a_new_id() -> None:
     assert nxt.keys.song == "s.wav"
     assert nxt.event_id != event.event_id
     assert nxt.occurred_at >= event.occurred_at
+
+
+def test_follow_ids_are_derived_from_the_input_id_and_stage() -> None:
+    event = SongUploaded(job_id="job-1", event_id="in-1", keys=ObjectKeys(song="s.wav"))
+    again = event.model_copy(update={"occurred_at": event.occurred_at.replace(year=2030)})
+    fields = {"sample_rate": 44100, "duration_s": 2.0, "separator_model": "spleeter"}
+    first, second = event.follow(VocalsSeparated, **fields), again.follow(VocalsSeparated, **fields)
+    assert first.event_id == second.event_id, "the same input is answered under the same id"
+    assert first.event_id == follow_event_id("in-1", "vocals.separated")
+    other = event.model_copy(update={"event_id": "in-2"}).follow(VocalsSeparated, **fields)
+    assert other.event_id != first.event_id
+    failed = {"message": "m", "retriable": False, "source_topic": "song.uploaded"}
+    by_stage = {
+        (stage, code): event.follow(TrackFailed, stage=stage, code=code, **failed).event_id
+        for stage in ("separator", "trainer")
+        for code in ("not_audio", "timeout")
+    }
+    assert len(set(by_stage.values())) == 4, "stage and code each change the id"
+    assert all(is_valid_id(v) for v in by_stage.values())
+    progress = [event.follow(JobProgress, stage="separator", fraction=0.5) for _ in range(2)]
+    assert progress[0].event_id != progress[1].event_id, "progress reports repeat: random ids"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", ".", "..", ".hidden", "a/b", "a\\b", "jöb-ü-🎵", "x" * 129, "a b", "a\n", "\u0000"],
+)
+def test_ids_outside_the_one_pattern_are_refused(value: str) -> None:
+    assert not is_valid_id(value)
+    for field in ("job_id", "event_id"):
+        with pytest.raises(EventDecodeError) as caught:
+            decode(SongUploaded, json.dumps(_song(**{field: value})))
+        assert caught.value.code == "malformed_event" and field in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["a", "job-1", "A.b_c-9", "x" * 128, "0" * 32])
+def test_ids_in_the_pattern_are_accepted(value: str) -> None:
+    assert is_valid_id(value)
+    event = decode(SongUploaded, json.dumps(_song(job_id=value, event_id=value)))
+    assert event.job_id == event.event_id == value
 
 
 @pytest.mark.parametrize(
