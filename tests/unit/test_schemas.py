@@ -139,3 +139,59 @@ def test_export_writes_a_schema_per_topic_and_asyncapi(tmp_path) -> None:  # typ
     assert set(BY_TOPIC) <= set(doc["channels"])
     assert "song.uploaded.dlq" in doc["channels"]
     assert doc["components"]["messages"]["SongUploaded"]["bindings"]["kafka"]["key"]
+
+
+def _raw(**overrides: object) -> bytes:
+    return json.dumps(_song(**overrides)).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "names"),
+    [
+        (None, "tombstone"),
+        (b"", "not JSON"),
+        (b"\xef\xbb\xbf" + _raw(), "byte-order mark"),
+        (_raw().decode().encode("utf-16"), "byte-order mark"),
+        (_raw().replace(b"job-1", b"job-\xff"), "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 32"),
+        (b'{"a":' * 40_000 + b"1" + b"}" * 40_000, "nested deeper than 32"),
+        (_raw(x=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]), "nested"),
+        (_raw(x=0).replace(b'"x": 0', b'"x": ' + b"9" * 5000), "a number of 5000 characters"),
+        (_raw(x=0).replace(b'"x": 0', b'"x": 1e999'), "out of range"),
+        (_raw(x=float("nan")), "NaN is not JSON"),
+        (_raw(x=float("-inf")), "-Infinity is not JSON"),
+        (_raw()[:-1] + b', "job_id": "job-2"}', "'job_id' appears twice"),
+        (_raw(x="\ud800"), "unpaired UTF-16 surrogate escape (at x)"),
+        (_raw(x={"y": "a\x00b"}), "NUL character (at x.y)"),
+        (_raw(x="a" * 20_000), "a string of 20000 characters"),
+        (_raw(schema_version="1" * 5000 + ".0"), "schema_version"),
+        (_raw(occurred_at="2024-01-01T00:00:00"), "occurred_at: Input should have timezone"),
+        (_raw(history=[1] * 500), "and 492 more"),
+    ],
+)
+def test_hostile_payloads_are_refused_with_a_reason(payload: bytes | None, names: str) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(SongUploaded, payload)
+    assert caught.value.code == "malformed_event"
+    assert names in caught.value.message
+    assert len(caught.value.message) < 2000
+
+
+def test_the_depth_check_costs_linear_time() -> None:
+    """Texts built to make a regex backtrack (quotes and escapes without end) are measured fast."""
+    import time
+
+    for text in ['"\\"' * 80_000, '["' + '\\"' * 120_000, "[]," * 80_000, "[" * 200_000]:
+        started = time.perf_counter()
+        with pytest.raises(EventDecodeError):
+            decode(SongUploaded, text)
+        assert time.perf_counter() - started < 5.0  # quadratic would take minutes
+
+
+def test_peek_job_id_reads_within_the_same_limits() -> None:
+    from schemas.events import peek_job_id
+
+    assert peek_job_id(_raw()) == "job-1"
+    assert peek_job_id(b"[" * 100_000) is None
+    assert peek_job_id(None) is None
+    assert peek_job_id(b'{"job_id": 5}') is None
