@@ -92,6 +92,7 @@ _INVALID_KEY_CODES = {
     "InvalidObjectName",
     "InvalidURI",
     "InvalidKey",
+    "InvalidRequest",  # SeaweedFS's answer to a '..' segment
     "400",
     "BadRequest",
 }
@@ -146,8 +147,8 @@ class S3Store:
             if code in _INVALID_KEY_CODES:
                 raise InvalidKey(key, f"{code} {error.get('Message', '')}".strip()) from exc
             raise StoreError(f"S3 {code}: {error.get('Message', exc)} ({key})") from exc
-        except ParamValidationError as exc:  # refused before sending: the key or a parameter
-            raise InvalidKey(key, str(exc)) from exc
+        except (ParamValidationError, UnicodeError) as exc:  # refused before anything is sent
+            raise InvalidKey(key, f"{type(exc).__name__}: {exc}") from exc
         except (BotoConnectionError, BotoCoreError, OSError) as exc:
             raise TransientStoreError(f"S3 unreachable ({type(exc).__name__}) on {key}") from exc
 
