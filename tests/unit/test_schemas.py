@@ -195,3 +195,22 @@ def test_peek_job_id_reads_within_the_same_limits() -> None:
     assert peek_job_id(b"[" * 100_000) is None
     assert peek_job_id(None) is None
     assert peek_job_id(b'{"job_id": 5}') is None
+
+
+def test_the_export_documents_the_key_policy_and_marks_key_fields() -> None:
+    from schemas.events import KEY_POLICY_DOC, S3_KEY_MARK
+    from schemas.export import json_schemas
+
+    assert "forbidden_key" in KEY_POLICY_DOC and "uploads/<job_id>/" in KEY_POLICY_DOC
+    assert KEY_POLICY_DOC in asyncapi_document()["info"]["description"]
+    schema = json_schemas()["song.uploaded"]
+    keys = schema["$defs"]["ObjectKeys"]
+    assert keys["description"] == KEY_POLICY_DOC
+    assert all(field.get(S3_KEY_MARK) for field in keys["properties"].values())
+    voice = schema["$defs"]["VoiceOptions"]["properties"]
+    assert [n for n, f in voice.items() if f.get(S3_KEY_MARK)] == [
+        "dataset_key",
+        "model_key",
+        "index_key",
+    ]
+    assert schema["properties"]["job_id"]["pattern"] == schema["properties"]["event_id"]["pattern"]
