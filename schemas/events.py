@@ -8,14 +8,78 @@ Events carry object keys, never audio bytes.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
+# ASCII digits, a bounded number of them (int() of a 5000-digit major would raise).
+SCHEMA_VERSION_PATTERN = r"^[0-9]{1,4}\.[0-9]{1,4}$"
+
+# job_id and event_id: ASCII letters, digits, '.', '_' and '-', 1 to 128 characters, never
+# starting with '.' (so never '.' or '..'). Such an id is safe as an S3 key segment, a file name,
+# a Kafka key and a log field. One pattern, declared here, validates both.
+ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+ID_MAX_CHARS = 128
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def is_valid_id(value: object) -> bool:
+    """True when ``value`` is a usable job_id / event_id (see :data:`ID_PATTERN`)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+JobId = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        max_length=ID_MAX_CHARS,
+        description="The job's id: ASCII letters, digits, '.', '_', '-'; 1-128 characters, "
+        "not starting with '.'. Also the Kafka message key.",
+    ),
+]
+EventId = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        max_length=ID_MAX_CHARS,
+        description="This event's id, same alphabet as job_id. A stage's answer carries an id "
+        "derived from its input's id and the stage, so a replayed input is recognised as a "
+        "duplicate at every stage.",
+    ),
+]
+
+# Which S3 keys an event may name (enforced by every stage, see streams/keypolicy.py).
+KEY_POLICY_DOC = (
+    "Every S3 key an event names (keys.*, options.voice.dataset_key/model_key/index_key) is "
+    "bucket-relative, in normal form (no leading '/', no scheme such as s3://, no '.' or '..' "
+    "segment, no empty segment, no control character or backslash, at most 1024 UTF-8 bytes) and "
+    "lies in a namespace the job may read: its own upload prefix (default uploads/<job_id>/, "
+    "SINGTOME_UPLOAD_PREFIX), the content-addressed outputs the pipeline writes itself "
+    "(stems/<sha256>/, voices/<sha256>/, converted/<sha256>/, and tracks/<job_id>/), or a shared "
+    "voice-model prefix the operator configured (SINGTOME_SHARED_MODEL_PREFIXES). A key outside "
+    "these is answered with track.failed code forbidden_key; a key that is not in normal form or "
+    "that S3 refuses, with invalid_key. Neither is retriable."
+)
+# Marks a field that names an S3 key (read by the key policy; visible in the JSON Schema).
+S3_KEY_MARK = "x-singtome-s3-key"
+_S3_KEY_EXTRA: dict[str, Any] = {S3_KEY_MARK: True}
 
 
 # The pitch methods (agents/voice/f0). 'rmvpe' needs SINGTOME_RMVPE_PATH; without it the workers
@@ -60,12 +124,22 @@ class SeparatorOptions(_Model):
 
 class VoiceOptions(_Model):
     dataset_key: str | None = Field(
-        None, description="S3 prefix holding the person's voice recordings (any common format)."
+        None,
+        description="S3 prefix holding the person's voice recordings (any common format), "
+        "normally under the job's own upload prefix.",
+        json_schema_extra=_S3_KEY_EXTRA,
     )
     model_key: str | None = Field(
-        None, description="S3 key of an existing RVC model (.pth), instead of a dataset."
+        None,
+        description="S3 key of an existing RVC model (.pth), instead of a dataset: under the "
+        "job's upload prefix, voices/<sha256>/ or a configured shared model prefix.",
+        json_schema_extra=_S3_KEY_EXTRA,
     )
-    index_key: str | None = Field(None, description="S3 key of the model's .index (optional).")
+    index_key: str | None = Field(
+        None,
+        description="S3 key of the model's .index (optional).",
+        json_schema_extra=_S3_KEY_EXTRA,
+    )
     sample_rate: Literal["32k", "40k", "48k"] = "40k"
     f0_method: F0Method = "rmvpe"
     epochs: int = Field(20, ge=1, le=10_000)
@@ -119,23 +193,27 @@ class JobOptions(_Model):
     )
 
 
-class ObjectKeys(_Model):
-    """S3 keys produced so far for the job (bucket-relative)."""
+def _key_field() -> Any:
+    return Field(None, json_schema_extra=_S3_KEY_EXTRA)
 
-    song: str | None = None
-    vocals: str | None = None
-    accompaniment: str | None = None
-    backing_vocals: str | None = None
-    voice_model: str | None = None
-    voice_index: str | None = None
-    converted_vocals: str | None = None
-    track: str | None = None
+
+class ObjectKeys(_Model):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"description": KEY_POLICY_DOC})
+
+    song: str | None = _key_field()
+    vocals: str | None = _key_field()
+    accompaniment: str | None = _key_field()
+    backing_vocals: str | None = _key_field()
+    voice_model: str | None = _key_field()
+    voice_index: str | None = _key_field()
+    converted_vocals: str | None = _key_field()
+    track: str | None = _key_field()
 
 
 class StageRecord(_Model):
     stage: str
-    started_at: datetime
-    finished_at: datetime
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
     cache_hit: bool = False
 
 
@@ -147,13 +225,26 @@ class StageRecord(_Model):
 E = TypeVar("E", bound="Event")
 
 
+def follow_event_id(source_event_id: str, topic: str, stage: str = "", code: str = "") -> str:
+    """The id of the event that answers ``source_event_id`` on ``topic`` (for ``stage``, with
+    failure ``code``): 32 hex digits of sha256 over those, so a redelivered or replayed input is
+    answered under the same id and the next stage recognises it as a duplicate."""
+    digest = hashlib.sha256()
+    for part in (source_event_id, topic, stage, code):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
 class Event(_Model):
     topic: ClassVar[str] = ""
+    #: False for events a stage sends many of per input (progress): they keep random ids.
+    derived_id: ClassVar[bool] = True
 
-    schema_version: str = Field(SCHEMA_VERSION, pattern=r"^\d+\.\d+$")
-    event_id: str = Field(default_factory=_new_event_id, min_length=1)
-    job_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
-    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: str = Field(SCHEMA_VERSION, pattern=SCHEMA_VERSION_PATTERN)
+    event_id: EventId = Field(default_factory=_new_event_id)
+    job_id: JobId
+    occurred_at: AwareDatetime = Field(default_factory=_now)
     options: JobOptions = Field(default_factory=JobOptions)
     keys: ObjectKeys = Field(default_factory=ObjectKeys)
     history: list[StageRecord] = Field(default_factory=list)
@@ -169,9 +260,14 @@ class Event(_Model):
         return value
 
     def follow(self, cls: type[E], **fields: Any) -> E:
-        """The next event of the same job: envelope carried over, new id and timestamp."""
+        """The next event of the same job: envelope carried over, new timestamp, and an id
+        derived from this event's id (:func:`follow_event_id`), unless ``cls`` repeats."""
         base = self.model_dump(exclude={"event_id", "occurred_at", "schema_version"})
         base.update(fields)
+        if cls.derived_id and "event_id" not in fields:
+            base["event_id"] = follow_event_id(
+                self.event_id, cls.topic, str(fields.get("stage", "")), str(fields.get("code", ""))
+            )
         return cls.model_validate(base)
 
 
@@ -213,7 +309,7 @@ class VocalsConverted(Event):
 
 class TrackReady(Event):
     topic: ClassVar[str] = "track.ready"
-    track_key: str
+    track_key: str = Field(json_schema_extra=_S3_KEY_EXTRA)
     format: str
     duration_s: float
     loudness_lufs: float | None = None
@@ -236,13 +332,11 @@ class TrackFailed(Event):
 
 class JobProgress(Event):
     topic: ClassVar[str] = "job.progress"
+    derived_id: ClassVar[bool] = False
     stage: str
     fraction: float = Field(ge=0.0, le=1.0)
     message: str = ""
 
-
-# A failure about an event we could not parse still needs a job id: this one marks it.
-UNKNOWN_JOB = "unknown"
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     SongUploaded,
@@ -257,7 +351,11 @@ BY_TOPIC: dict[str, type[Event]] = {cls.topic: cls for cls in EVENT_TYPES}
 
 
 class EventDecodeError(ValueError):
-    """An event that cannot be read; ``code`` says why and ``message`` names the field."""
+    """An event that cannot be read; ``code`` says why and ``message`` names the field.
+
+    ``job_id`` is the event's ``job_id`` as written when the JSON could be read and held a
+    string there (it may itself be the problem); None otherwise.
+    """
 
     def __init__(self, code: str, message: str, job_id: str | None = None) -> None:
         super().__init__(message)
@@ -266,26 +364,167 @@ class EventDecodeError(ValueError):
         self.job_id = job_id
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(event)"
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds checked while reading an event, before ``json`` or pydantic can be made to recurse
+    without end, build a huge integer or hold a huge string (the whole event is bounded by
+    ``SINGTOME_MAX_EVENT_BYTES`` before this)."""
+
+    max_depth: int = 32  # nesting of objects and arrays (an event needs 4)
+    max_number_chars: int = 64  # characters of one number literal (ints and floats)
+    max_string_chars: int = 16 * 1024  # characters of one string (keys, titles, messages)
 
 
-def decode(cls: type[E], payload: bytes | str | dict[str, Any]) -> E:
-    """Parse and validate one event, raising :class:`EventDecodeError` with a clear message."""
-    import json
+DECODE_LIMITS = DecodeLimits()
 
-    data: Any = payload
-    if isinstance(payload, (bytes, str)):
+# Nesting is measured on the brackets left once every string is taken out. A string runs to its
+# closing quote or, unterminated, to the end of the text, so each quote starts a match that cannot
+# fail and the regex engine reads every character once: linear time whatever the text holds.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_VERSION_RE = re.compile(SCHEMA_VERSION_PATTERN)
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+class _Refused(Exception):
+    """Raised from inside json.loads' hooks: the text breaks a limit or the rules."""
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    if text.count("[") + text.count("{") <= max_depth:  # the usual event: nothing to measure
+        return
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > max_depth:
+        raise _Refused(f"nested deeper than {max_depth} levels")
+
+
+def _json_hooks(limits: DecodeLimits) -> dict[str, Any]:
+    def number(literal: str) -> str:
+        if len(literal) > limits.max_number_chars:
+            raise _Refused(
+                f"a number of {len(literal)} characters (the limit is {limits.max_number_chars})"
+            )
+        return literal
+
+    def parse_int(literal: str) -> int:
+        return int(number(literal))
+
+    def parse_float(literal: str) -> float:
+        value = float(number(literal))
+        if not math.isfinite(value):
+            raise _Refused(f"the number {literal} is out of range")
+        return value
+
+    def parse_constant(name: str) -> Any:
+        raise _Refused(f"{name} is not JSON")
+
+    def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for name, value in pairs:
+            if name in obj:
+                raise _Refused(f"the field {name[:80]!r} appears twice")
+            obj[name] = value
+        return obj
+
+    return {
+        "parse_int": parse_int,
+        "parse_float": parse_float,
+        "parse_constant": parse_constant,
+        "object_pairs_hook": unique_object,
+    }
+
+
+def _check_strings(value: Any, limits: DecodeLimits, path: str = "", depth: int = 0) -> None:
+    """Every string (names and values) bounded, encodable as UTF-8, free of NUL characters."""
+    if depth > limits.max_depth:
+        raise _Refused(f"nested deeper than {limits.max_depth} levels")
+    if isinstance(value, str):
+        where = f" (at {path or 'a field name'})"
+        if len(value) > limits.max_string_chars:
+            raise _Refused(
+                f"a string of {len(value)} characters, over the limit of "
+                f"{limits.max_string_chars}{where}"
+            )
         try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EventDecodeError("malformed_event", f"not JSON: {exc}") from None
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(f"a string holds an unpaired UTF-16 surrogate escape{where}") from None
+        if "\0" in value:
+            raise _Refused(f"a string holds a NUL character{where}")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_strings(name, limits, "", depth + 1)
+            child = f"{path}.{name[:80]}" if path else name[:80]
+            _check_strings(item, limits, child, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, limits, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part)[:80] for part in loc) or "(event)"
+
+
+def _read_json(payload: bytes | str, limits: DecodeLimits) -> Any:
+    if isinstance(payload, bytes):
+        if payload.startswith(_BOMS):
+            raise _Refused("starts with a byte-order mark; events are UTF-8 JSON without one")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Refused(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    else:
+        text = payload
+    _check_depth(text, limits.max_depth)
+    try:
+        return json.loads(text, **_json_hooks(limits))
+    except json.JSONDecodeError as exc:
+        raise _Refused(f"not JSON: {exc}") from None
+    except RecursionError:  # unreachable after the depth check; kept as a last line
+        raise _Refused("nested too deeply") from None
+
+
+def peek_job_id(payload: bytes | str | None, limits: DecodeLimits = DECODE_LIMITS) -> str | None:
+    """The ``job_id`` string of a payload that is not decoded as an event (too large, say), read
+    within the same limits; None when there is none to read."""
+    if payload is None:
+        return None
+    try:
+        data = _read_json(payload, limits)
+        _check_strings(data, limits)
+    except _Refused:
+        return None
+    value = data.get("job_id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def decode(
+    cls: type[E],
+    payload: bytes | str | dict[str, Any] | None,
+    limits: DecodeLimits = DECODE_LIMITS,
+) -> E:
+    """Parse and validate one event, raising only :class:`EventDecodeError` (with a clear message).
+
+    The text is checked before and while it is parsed: UTF-8 without a byte-order mark, nesting
+    depth, number and string lengths (``limits``), no NaN/Infinity, no duplicate field names, no
+    unpaired surrogates or NUL characters. Then the event is validated against ``cls``.
+    """
+    if payload is None:
+        raise EventDecodeError("malformed_event", "the message has no value (a tombstone)")
+    try:
+        data: Any = payload
+        if isinstance(payload, (bytes, str)):
+            data = _read_json(payload, limits)
+        _check_strings(data, limits)
+    except _Refused as exc:
+        raise EventDecodeError("malformed_event", f"unreadable event: {exc}") from None
     if not isinstance(data, dict):
         raise EventDecodeError("malformed_event", "an event must be a JSON object")
     job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
     version = data.get("schema_version")
-    major = version.split(".", 1)[0] if isinstance(version, str) else ""
-    if major.isdigit() and int(major) != SUPPORTED_MAJOR:
+    readable = isinstance(version, str) and _VERSION_RE.fullmatch(version)
+    if readable and int(version.split(".", 1)[0]) != SUPPORTED_MAJOR:
         raise EventDecodeError(
             "unsupported_schema_version",
             f"schema_version {version!r} is not supported: this service reads {SUPPORTED_MAJOR}.x",
@@ -294,11 +533,16 @@ def decode(cls: type[E], payload: bytes | str | dict[str, Any]) -> E:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
+        errors = exc.errors(include_url=False)
+        problems = "; ".join(f"{_field_path(err['loc'])}: {err['msg']}" for err in errors[:8])
+        if len(errors) > 8:
+            problems += f"; and {len(errors) - 8} more"
         raise EventDecodeError(
             "malformed_event", f"invalid {cls.topic} event: {problems}", job_id
+        ) from None
+    except Exception as exc:  # a validator's own error, whatever it is, is the input's fault
+        raise EventDecodeError(
+            "malformed_event", f"invalid {cls.topic} event: {type(exc).__name__}", job_id
         ) from None
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.events import EVENT_TYPES, SCHEMA_VERSION
+from schemas.events import EVENT_TYPES, KEY_POLICY_DOC, SCHEMA_VERSION
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -68,7 +68,7 @@ def asyncapi_document() -> dict[str, Any]:
             "title": "singtome events",
             "version": SCHEMA_VERSION,
             "description": "Kafka topics of the singtome song-cover pipeline. Events carry S3 "
-            "object keys, never audio. Message key = job_id.",
+            "object keys, never audio. Message key = job_id. Key policy: " + KEY_POLICY_DOC,
         },
         "defaultContentType": "application/json",
         "channels": channels,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.events import (
+    ID_PATTERN,
     Event,
     JobOptions,
     ObjectKeys,
@@ -22,6 +23,7 @@ from schemas.events import (
     TrackFailed,
     TrackReady,
     encode,
+    is_valid_id,
 )
 from streams import keys as keylayout
 from streams.admin import kafka_client_kwargs
@@ -74,12 +76,14 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def upload_voice_dataset(store: ObjectStore, job_id: str, folder: Path) -> str:
+def upload_voice_dataset(
+    store: ObjectStore, job_id: str, folder: Path, upload_prefix: str = keylayout.UPLOAD_PREFIX
+) -> str:
     """Upload the audio files of a folder under one prefix; returns the prefix."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ValueError(f"no audio files in {folder} (looked for {sorted(AUDIO_SUFFIXES)})")
-    prefix = f"uploads/{job_id}/voice/"
+    prefix = keylayout.upload_prefix(job_id, upload_prefix) + "voice/"
     for path in files:
         store.put_file(prefix + path.relative_to(folder).as_posix(), path)
     return prefix
@@ -94,25 +98,32 @@ def upload_job(
     voice_index: Path | None = None,
     options: JobOptions | None = None,
     job_id: str | None = None,
+    upload_prefix: str = keylayout.UPLOAD_PREFIX,
 ) -> SongUploaded:
-    """Upload the song and the voice (dataset folder or .pth/.index); the job's first event."""
+    """Upload the song and the voice (dataset folder or .pth/.index) under the job's upload
+    prefix (``SINGTOME_UPLOAD_PREFIX``, the only place the key policy lets the job read its
+    uploads from); returns the job's first event."""
     job_id = job_id or new_job_id()
+    if not is_valid_id(job_id):  # checked before its name becomes part of any key
+        raise ValueError(f"job id {job_id!r} does not match {ID_PATTERN}")
     options = (options or JobOptions()).model_copy(deep=True)
-    song_key = keylayout.upload_key(job_id, song.name)
+    song_key = keylayout.upload_key(job_id, song.name, upload_prefix)
     store.put_file(song_key, song)
     if voice_dir is not None:
-        options.voice.dataset_key = upload_voice_dataset(store, job_id, voice_dir)
+        options.voice.dataset_key = upload_voice_dataset(store, job_id, voice_dir, upload_prefix)
+    models = keylayout.upload_prefix(job_id, upload_prefix) + "model/"
     if voice_model is not None:
-        options.voice.model_key = f"uploads/{job_id}/model/{voice_model.name}"
+        options.voice.model_key = models + voice_model.name
         store.put_file(options.voice.model_key, voice_model)
         if voice_index is not None:
-            options.voice.index_key = f"uploads/{job_id}/model/{voice_index.name}"
+            options.voice.index_key = models + voice_index.name
             store.put_file(options.voice.index_key, voice_index)
     return SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
 
 
 def submit_job(settings: Settings, store: ObjectStore, song: Path, **upload: Any) -> SongUploaded:
     """:func:`upload_job`, then publish its ``song.uploaded``."""
+    upload.setdefault("upload_prefix", settings.upload_prefix)
     event = upload_job(store, song, **upload)
     publish(settings, event)
     return event

@@ -13,7 +13,12 @@ ERROR_CODES: dict[str, str] = {
     "malformed_event": "The event is not JSON or misses/mistypes a field (the message names it).",
     "unsupported_schema_version": "The event's schema_version major is not one this service reads.",
     "event_too_large": "The event is larger than SINGTOME_MAX_EVENT_BYTES.",
-    # objects
+    # objects and the key policy (streams/keypolicy.py)
+    "forbidden_key": "The event names an S3 key outside what its job may read (another job's "
+    "upload, a bare prefix such as uploads/, a '..' segment, a leading '/', a scheme): see "
+    "README 'Key policy'.",
+    "invalid_key": "The event names an S3 key that is not in normal form (empty, over 1024 bytes, "
+    "control characters, backslash, '//') or that S3 refused.",
     "missing_object": "An S3 key named in the event does not exist.",
     "store_unavailable": "S3 stayed unavailable through every retry (retriable: replay resumes).",
     "timeout": "The stage ran longer than SINGTOME_STAGE_TIMEOUT_S (retriable).",
@@ -21,6 +26,7 @@ ERROR_CODES: dict[str, str] = {
     "not_audio": "The object is not audio that ffmpeg can decode.",
     "empty_audio": "The audio has no samples.",
     "corrupt_audio": "The audio is truncated or corrupt.",
+    "invalid_audio": "The audio holds NaN or infinite samples.",
     "silent_audio": "The audio is silent (below SINGTOME_SILENCE_DBFS).",
     "audio_too_long": "The audio is longer than SINGTOME_MAX_AUDIO_DURATION_S.",
     "audio_too_large": "The file is larger than SINGTOME_MAX_AUDIO_BYTES.",

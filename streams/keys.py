@@ -6,24 +6,77 @@ redelivered or replayed event finds its output already there and does no work tw
 
 Layout (bucket-relative)::
 
-    uploads/<job_id>/<file name>            what `singtome submit` uploads
+    uploads/<job_id>/<file name>            what `singtome submit` uploads (SINGTOME_UPLOAD_PREFIX)
     stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, ...)
     voices/<digest>/...                     trainer outputs (model.pth + .index, or profile.npz)
     converted/<digest>/vocals.flac          converter output
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
     locks/<name>                            single-writer locks (conditional put)
+
+Which of these an event may name is decided by :mod:`streams.keypolicy`; the normal form of a
+key (:func:`key_form_problem`) is written down here, beside the layout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+
+# The default of SINGTOME_UPLOAD_PREFIX: where a job's own uploads live.
+UPLOAD_PREFIX = "uploads/{job_id}/"
+JOB_ID_PLACEHOLDER = "{job_id}"
+# Namespaces the pipeline writes itself, named by content digest (64 hex digits) ...
+STEMS, VOICES, CONVERTED = "stems", "voices", "converted"
+CONTENT_ADDRESSED = (STEMS, VOICES, CONVERTED)
+# ... and per job.
+TRACKS, JOBS, LOCKS = "tracks", "jobs", "locks"
+# S3's own limit on a key.
+MAX_KEY_BYTES = 1024
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def key_form_problem(key: object) -> tuple[str, str] | None:
+    """Why ``key`` is not a key in normal form, as ``(code, reason)``; None when it is.
+
+    Normal form: a non-empty bucket-relative string of at most :data:`MAX_KEY_BYTES` UTF-8 bytes,
+    no leading ``/``, no scheme (``s3:``, ``file:``...), no ``.`` or ``..`` segment, no empty
+    segment (a trailing ``/`` ends a prefix), no backslash, no control character. Keys that try
+    to leave their place are ``forbidden_key``; keys S3 could not take as written, ``invalid_key``.
+    """
+    if not isinstance(key, str) or not key:
+        return "invalid_key", "the key is empty or not a string"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "invalid_key", "the key is not valid UTF-8"
+    if size > MAX_KEY_BYTES:
+        return "invalid_key", f"the key has {size} bytes; S3 takes at most {MAX_KEY_BYTES}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "invalid_key", "the key holds a control character"
+    if "\\" in key:
+        return "invalid_key", "the key holds a backslash"
+    if key.startswith("/"):
+        return "forbidden_key", "the key starts with '/': keys are bucket-relative"
+    if _SCHEME.match(key):
+        return "forbidden_key", "the key names a scheme (s3:// ...): keys are bucket-relative"
+    segments = key.split("/")
+    if any(s in (".", "..") for s in segments):
+        return "forbidden_key", "the key has a '.' or '..' segment"
+    if any(not s for s in segments[:-1]):
+        return "invalid_key", "the key has an empty segment ('//')"
+    return None
+
+
+def upload_prefix(job_id: str, pattern: str = UPLOAD_PREFIX) -> str:
+    """The prefix of ``job_id``'s own uploads, from the SINGTOME_UPLOAD_PREFIX pattern."""
+    return pattern.replace(JOB_ID_PLACEHOLDER, job_id)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -58,36 +111,40 @@ def content_digest(
 
 
 def stems_prefix(digest: str) -> str:
-    return f"stems/{digest}/"
+    return f"{STEMS}/{digest}/"
 
 
 def stem_key(digest: str, stem: str) -> str:
-    return f"stems/{digest}/{stem}.flac"
+    return f"{stems_prefix(digest)}{stem}.flac"
 
 
 def voice_prefix(digest: str) -> str:
-    return f"voices/{digest}/"
+    return f"{VOICES}/{digest}/"
 
 
 def converted_key(digest: str) -> str:
-    return f"converted/{digest}/vocals.flac"
+    return f"{CONVERTED}/{digest}/vocals.flac"
 
 
-def upload_key(job_id: str, filename: str) -> str:
-    return f"uploads/{job_id}/{Path(filename).name}"
+def upload_key(job_id: str, filename: str, pattern: str = UPLOAD_PREFIX) -> str:
+    return upload_prefix(job_id, pattern) + Path(filename).name
+
+
+def track_prefix(job_id: str) -> str:
+    return f"{TRACKS}/{job_id}/"
 
 
 def track_key(job_id: str, fmt: str, name: str = "cover") -> str:
-    return f"tracks/{job_id}/{name}.{fmt}"
+    return f"{track_prefix(job_id)}{name}.{fmt}"
 
 
 def job_event_key(job_id: str, topic: str) -> str:
-    return f"jobs/{job_id}/{topic}.json"
+    return f"{job_prefix(job_id)}{topic}.json"
 
 
 def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
+    return f"{JOBS}/{job_id}/"
 
 
 def lock_key(name: str) -> str:
-    return f"locks/{name}"
+    return f"{LOCKS}/{name}"

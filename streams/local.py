@@ -14,6 +14,7 @@ from pathlib import Path
 
 from schemas.events import Event, JobOptions, StageRecord, TrackReady
 from streams.client import upload_job
+from streams.keypolicy import KeyPolicy
 from streams.keys import job_event_key
 from streams.settings import Settings
 from streams.stage import StageContext
@@ -56,16 +57,19 @@ def run_cover(
         voice_index=voice_index,
         options=options,
         job_id=job_id,
+        upload_prefix=settings.upload_prefix,
     )
     options = event.options
     job_id = event.job_id
+    policy = KeyPolicy(settings)  # the same key policy as the workers'
     for name in STAGES:
+        policy.check_event(event)
         handler = load_handler(name)
         workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{name}-"))
         ctx = StageContext(
             stage=name,
             settings=settings,
-            store=store,
+            store=policy.store_for(store, job_id, workdir),
             workdir=workdir,
             progress=lambda f, m, name=name: progress(name, f, m),  # type: ignore[misc]
             force=options.force,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
+import hashlib
 import json
 import shutil
 import tempfile
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from schemas.events import (
-    UNKNOWN_JOB,
     Event,
     EventDecodeError,
     JobOptions,
@@ -37,14 +36,18 @@ from schemas.events import (
     TrackFailed,
     decode,
     encode,
+    follow_event_id,
+    is_valid_id,
+    peek_job_id,
 )
 from streams import keys as keylayout
 from streams.errors import StageError, TransientError
+from streams.keypolicy import KeyPolicy
 from streams.logging import get_logger, job_context
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.stage import Handler, StageContext
-from streams.store import ObjectNotFound, ObjectStore, TransientStoreError, put_json
+from streams.store import InvalidKey, ObjectNotFound, ObjectStore, TransientStoreError, put_json
 from streams.topics import JOB_PROGRESS, TRACK_FAILED, StageTopics, dlq
 
 log = get_logger(__name__)
@@ -52,9 +55,10 @@ log = get_logger(__name__)
 
 class Emitter(Protocol):
     async def send(
-        self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None
+        self, topic: str, key: str, value: bytes | None, headers: dict[str, bytes] | None = None
     ) -> None:
-        """Send one message and return once the broker has acknowledged it."""
+        """Send one message and return once the broker has acknowledged it (``value`` None: a
+        tombstone, as a DLQ copy of one)."""
         ...
 
 
@@ -83,6 +87,14 @@ class Runner:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     #: called with the job id while a job is in hand, None when idle (used by the graceful drain)
     on_busy: Callable[[str | None], None] = lambda job_id: None
+    #: which S3 keys an event may name; built from the settings when not given
+    policy: KeyPolicy | None = None
+    # whether the message in hand has been answered (one message at a time per runner)
+    _answered: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = KeyPolicy(self.settings)
 
     @property
     def input_type(self) -> type[Event]:
@@ -90,14 +102,33 @@ class Runner:
 
         return BY_TOPIC[self.stage.consumes]
 
-    async def process(self, raw: bytes, key: bytes | None = None) -> Outcome:
+    async def process(self, raw: bytes | None, key: bytes | None = None) -> Outcome:
+        """Answer one message, whatever its bytes: the stage's output event, or ``track.failed``
+        plus the original in the DLQ. Never raises (a cancellation still goes through)."""
         name = self.stage.stage
         self.metrics.events_in.labels(name).inc()
+        self._answered = False
+        try:
+            return await self._process(raw, key)
+        except Exception as exc:  # a bug in the runner itself: answered if not yet, never raised
+            job_id = _safe_job_id(None, key, raw)
+            with job_context(job_id=job_id):
+                log.exception("the runner failed on a message")
+                if not self._answered:
+                    try:
+                        return await self._fail(
+                            raw, None, job_id, "internal_error", _message(exc), False, 1
+                        )
+                    except Exception:
+                        log.exception("the runner could not answer a message")
+            return Outcome("failed", job_id)
+
+    async def _process(self, raw: bytes | None, key: bytes | None) -> Outcome:
         started = datetime.now(UTC)
         try:
             event = self._decode(raw)
         except EventDecodeError as exc:
-            job_id = exc.job_id or (key.decode(errors="replace") if key else None) or UNKNOWN_JOB
+            job_id = _safe_job_id(exc.job_id, key, raw)
             with job_context(job_id=job_id):
                 return await self._fail(
                     raw, None, job_id, exc.code, exc.message, retriable=False, attempt=1
@@ -109,21 +140,23 @@ class Runner:
             finally:
                 self.on_busy(None)
 
-    def _decode(self, raw: bytes) -> Event:
-        if len(raw) > self.settings.max_event_bytes:
-            job_id = None
-            with contextlib.suppress(ValueError, AttributeError):
-                job_id = json.loads(raw).get("job_id")
+    def _decode(self, raw: bytes | None) -> Event:
+        if raw is not None and len(raw) > self.settings.max_event_bytes:
             raise EventDecodeError(
                 "event_too_large",
                 f"event of {len(raw)} bytes is over the limit of "
                 f"{self.settings.max_event_bytes} (SINGTOME_MAX_EVENT_BYTES)",
-                job_id if isinstance(job_id, str) else None,
+                peek_job_id(raw),
             )
         return decode(self.input_type, raw)
 
-    async def _run(self, raw: bytes, event: Event, started: datetime) -> Outcome:
+    async def _run(self, raw: bytes | None, event: Event, started: datetime) -> Outcome:
         name = self.stage.stage
+        assert self.policy is not None
+        try:  # every key the event names, before any S3 call
+            self.policy.check_event(event)
+        except StageError as exc:
+            return await self._fail(raw, event, event.job_id, exc.code, exc.message, False, 1)
         duplicate = await self._offload(self._seen_before, event)
         if duplicate:
             self.metrics.duplicates.labels(name).inc()
@@ -182,6 +215,10 @@ class Runner:
                 return await self._fail(
                     raw, event, event.job_id, "missing_object", str(exc), False, attempt
                 )
+            except InvalidKey as exc:
+                return await self._fail(
+                    raw, event, event.job_id, "invalid_key", str(exc), False, attempt
+                )
             except Exception as exc:  # a bug in a stage must not stop the partition
                 log.exception("stage crashed")
                 return await self._fail(
@@ -194,14 +231,29 @@ class Runner:
                     attempt,
                 )
         finished = datetime.now(UTC)
-        record = StageRecord(
-            stage=name,
-            started_at=started,
-            finished_at=finished,
-            cache_hit=bool(getattr(output, "cache_hit", False)),
-        )
-        output.history = [*event.history, record]
-        await self._publish(output)
+        try:
+            if not isinstance(output, Event) or output.job_id != event.job_id:
+                raise TypeError(f"the handler returned {type(output).__name__} for another job")
+            record = StageRecord(
+                stage=name,
+                started_at=started,
+                finished_at=finished,
+                cache_hit=bool(getattr(output, "cache_hit", False)),
+            )
+            output.history = [*event.history, record]
+            value = encode(output)
+        except Exception as exc:  # an answer that cannot be sent is the stage's bug
+            log.exception("stage answer unusable")
+            return await self._fail(
+                raw,
+                event,
+                event.job_id,
+                "internal_error",
+                f"{type(exc).__name__}: {exc}",
+                False,
+                attempt,
+            )
+        await self._publish(output, value)
         elapsed = (finished - started).total_seconds()
         self.metrics.stage_seconds.labels(name).observe(elapsed)
         self.metrics.events_out.labels(name).inc()
@@ -234,16 +286,20 @@ class Runner:
             )
         except TransientStoreError:
             return False  # the handler meets the same outage and retries it
+        except Exception as exc:  # bookkeeping only: it must never keep the event from an answer
+            log.warning("duplicate check failed", error=_message(exc))
+            return False
         return True
 
     async def _call_handler(self, event: Event) -> Event:
         loop = asyncio.get_running_loop()
         workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{self.stage.stage}-"))
         progress = self._progress_fn(event, loop)
+        assert self.policy is not None
         ctx = StageContext(
             stage=self.stage.stage,
             settings=self.settings,
-            store=self.store,
+            store=self.policy.store_for(self.store, event.job_id, workdir),
             workdir=workdir,
             progress=progress,
             force=event.options.force,
@@ -279,10 +335,11 @@ class Runner:
 
         return progress
 
-    async def _publish(self, output: Event) -> None:
+    async def _publish(self, output: Event, value: bytes) -> None:
         """Job state to S3 first, then the event: a reader of the event finds the state."""
         await self._offload(self._save_state, output)
-        await self.emitter.send(output.topic, output.job_id, encode(output))
+        self._answered = True
+        await self.emitter.send(output.topic, output.job_id, value)
 
     def _save_state(self, event: Event) -> None:
         try:
@@ -296,7 +353,7 @@ class Runner:
 
     async def _fail(
         self,
-        raw: bytes,
+        raw: bytes | None,
         event: Event | None,
         job_id: str,
         code: str,
@@ -305,6 +362,7 @@ class Runner:
         attempt: int,
     ) -> Outcome:
         name = self.stage.stage
+        message = _bounded(message)
         fields: dict[str, Any] = {
             "stage": name,
             "code": code,
@@ -317,7 +375,14 @@ class Runner:
         if event is not None:
             failure = event.follow(TrackFailed, **fields)
         else:
-            failure = TrackFailed(job_id=_safe_job_id(job_id), options=JobOptions(), **fields)
+            # Answered under an id derived from the bytes, so a replay answers the same way.
+            source = _digest(raw) if raw is not None else "tombstone"
+            failure = TrackFailed(
+                job_id=job_id if is_valid_id(job_id) else _safe_job_id(job_id, None, raw),
+                event_id=follow_event_id(source, TrackFailed.topic, name, code),
+                options=JobOptions(),
+                **fields,
+            )
         self.metrics.events_failed.labels(name, code).inc()
         log.error("stage failed", code=code, error=message, retriable=retriable, attempt=attempt)
         headers = {
@@ -325,16 +390,47 @@ class Runner:
             "singtome-stage": name.encode(),
             "singtome-retriable": b"true" if retriable else b"false",
         }
+        self._answered = True
         await self.emitter.send(dlq(self.stage.consumes), failure.job_id, raw, headers)
         await self._offload(self._save_state, failure)
         await self.emitter.send(TRACK_FAILED, failure.job_id, encode(failure))
         return Outcome("failed", failure.job_id, failure=failure)
 
 
-def _safe_job_id(job_id: str) -> str:
-    """A job id usable as a key, even when it came from a malformed event."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in job_id)[:128]
-    return cleaned or UNKNOWN_JOB
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _safe_job_id(candidate: str | None, key: bytes | None = None, raw: bytes | None = None) -> str:
+    """The job id a failure is answered under; always matches the job_id pattern.
+
+    The event's own ``job_id`` when it is usable; else the message key's (Kafka key = job id).
+    An unusable one (``jöb-ü-🎵``, ``..``, 2000 characters, a key that is not UTF-8) becomes
+    ``invalid-<32 hex of its sha256>``; none at all, ``unknown-<32 hex of the message's sha256>``:
+    deterministic, so the same message is always answered under the same id.
+    """
+    if candidate is None and key:
+        try:
+            candidate = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return "invalid-" + _digest(key)
+    if candidate is not None:
+        if is_valid_id(candidate):
+            return candidate
+        return "invalid-" + _digest(candidate.encode("utf-8", "surrogatepass"))
+    return "unknown-" + _digest(raw or b"")
+
+
+# A track.failed message stays small whatever the error said.
+MAX_MESSAGE_CHARS = 2000
+
+
+def _bounded(message: str) -> str:
+    """``message`` as one can always send it: valid UTF-8, at most MAX_MESSAGE_CHARS."""
+    text = str(message).encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
 
 
 def _transient_code(exc: BaseException) -> str:

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams import keys as keylayout
 
 CACHE_HOME = Path.home() / ".cache" / "singtome"
 
@@ -73,6 +75,48 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(8, ge=1, description="boto3 retry attempts per S3 call.")
     s3_multipart_threshold_mb: int = Field(16, ge=5)
     presign_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # --- key policy: which S3 keys an event may name (streams/keypolicy.py) ----------------------
+    upload_prefix: str = Field(
+        keylayout.UPLOAD_PREFIX,
+        description="Where a job's own uploads live; '{job_id}' is one whole segment. An event "
+        "may name keys under its own job's prefix only.",
+    )
+    shared_model_prefixes: list[str] = Field(
+        [],
+        description="S3 prefixes of voice models every job may name (JSON list, e.g. "
+        "'[\"models/shared/\"]'). Empty: a job names only its own uploads and pipeline outputs.",
+    )
+
+    @field_validator("upload_prefix")
+    @classmethod
+    def _upload_prefix_form(cls, value: str) -> str:
+        placeholder = keylayout.JOB_ID_PLACEHOLDER
+        segments = value.split("/")
+        if value.count(placeholder) != 1 or placeholder not in segments[:-1]:
+            raise ValueError(
+                f"must hold {placeholder} once, as a whole segment: 'uploads/{{job_id}}/'"
+            )
+        if not value.endswith("/"):
+            raise ValueError("must end with '/'")
+        problem = keylayout.key_form_problem(keylayout.upload_prefix("job", value))
+        if (
+            problem
+            or "{" in value.replace(placeholder, "")
+            or "}" in value.replace(placeholder, "")
+        ):
+            raise ValueError(f"not a key prefix in normal form: {problem[1] if problem else value}")
+        return value
+
+    @field_validator("shared_model_prefixes")
+    @classmethod
+    def _shared_prefix_form(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            problem = keylayout.key_form_problem(prefix)
+            if problem or not prefix.endswith("/"):
+                reason = problem[1] if problem else "a prefix must end with '/'"
+                raise ValueError(f"{prefix!r}: {reason}")
+        return value
 
     # --- the per-event runner ---------------------------------------------------------------------
     transient_retries: int = Field(

@@ -29,6 +29,14 @@ class ObjectNotFound(StoreError):
         self.key = key
 
 
+class InvalidKey(StoreError):
+    """S3 refused the key itself (too long, not a valid name): the event's fault, not retried."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"S3 refused the key {key[:200]!a}: {reason}")
+        self.key = key
+
+
 class TransientStoreError(StoreError):
     """The store is unavailable or overloaded; the same call may succeed later."""
 
@@ -78,6 +86,18 @@ _TRANSIENT_CODES = {
 }
 
 
+# Refusals of the key itself. A HEAD answer has no body, so its 400 comes with the bare status.
+_INVALID_KEY_CODES = {
+    "KeyTooLongError",
+    "InvalidObjectName",
+    "InvalidURI",
+    "InvalidKey",
+    "InvalidRequest",  # SeaweedFS's answer to a '..' segment
+    "400",
+    "BadRequest",
+}
+
+
 class S3Store:
     """An S3 bucket through boto3, with standard-mode retries and multipart for large files."""
 
@@ -106,6 +126,7 @@ class S3Store:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
+            ParamValidationError,
         )
         from botocore.exceptions import (
             ConnectionError as BotoConnectionError,
@@ -123,7 +144,11 @@ class S3Store:
                 raise PreconditionFailed(key) from None
             if code in _TRANSIENT_CODES or status >= 500:
                 raise TransientStoreError(f"S3 {code or status} on {key}") from exc
+            if code in _INVALID_KEY_CODES:
+                raise InvalidKey(key, f"{code} {error.get('Message', '')}".strip()) from exc
             raise StoreError(f"S3 {code}: {error.get('Message', exc)} ({key})") from exc
+        except (ParamValidationError, UnicodeError) as exc:  # refused before anything is sent
+            raise InvalidKey(key, f"{type(exc).__name__}: {exc}") from exc
         except (BotoConnectionError, BotoCoreError, OSError) as exc:
             raise TransientStoreError(f"S3 unreachable ({type(exc).__name__}) on {key}") from exc
 

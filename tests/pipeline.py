@@ -223,10 +223,17 @@ def health(port: int) -> dict[str, Any]:
 async def read_topic(
     settings: Settings, topic: str, until: int, timeout_s: float
 ) -> list[tuple[dict[str, bytes], bytes]]:
-    """Read with manual assignment from offset 0, stopping at the consumer's highwater.
+    """(headers, value) of every message of a topic, once at least ``until`` are there."""
+    records = await read_records(settings, topic, until, timeout_s)
+    return [(dict(record.headers or ()), record.value) for record in records]
 
-    (The local broker's ListOffsets(latest) is wrong for multi-record batches, so the end is
-    taken from the fetch responses' highwater, as the consumer sees it.)
+
+async def read_records(settings: Settings, topic: str, until: int, timeout_s: float) -> list[Any]:
+    """Every record (key, value, headers, timestamp...) of a topic, from offset 0.
+
+    Read with manual assignment, stopping at the consumer's highwater. (The local broker's
+    ListOffsets(latest) is wrong for multi-record batches, so the end is taken from the fetch
+    responses' highwater, as the consumer sees it.)
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -234,7 +241,7 @@ async def read_topic(
 
     consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
     await consumer.start()
-    messages: list[tuple[dict[str, bytes], bytes]] = []
+    messages: list[Any] = []
     try:
         await consumer.topics()  # refreshes the metadata
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
@@ -245,8 +252,7 @@ async def read_topic(
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                for record in records:
-                    messages.append((dict(record.headers or ()), record.value))
+                messages.extend(records)
             caught_up = True
             for tp in partitions:
                 highwater = consumer.highwater(tp)

@@ -192,10 +192,21 @@ def read_blocks(path: str | Path, block_frames: int = BLOCK_FRAMES) -> Iterator[
 
 
 def loudest_window_dbfs(path: str | Path, sample_rate: int) -> float:
-    """RMS level (dBFS) of the loudest ``_LEVEL_WINDOW_S`` window, read block by block."""
+    """RMS level (dBFS) of the loudest ``_LEVEL_WINDOW_S`` window, read block by block.
+
+    Raises ``invalid_audio`` at the first NaN or infinite sample (a float WAV can hold them and
+    ffmpeg passes them on): they would poison every stage after this one.
+    """
     window = max(1, int(_LEVEL_WINDOW_S * sample_rate))
     loudest = 0.0
-    for block in read_blocks(path, window):
+    for index, block in enumerate(read_blocks(path, window)):
+        finite = np.isfinite(block)
+        if not finite.all():
+            frame = index * window + int(np.argmin(finite.all(axis=1)))
+            raise StageError(
+                "invalid_audio",
+                f"the audio holds a NaN or infinite sample (at {frame / sample_rate:.3f} s)",
+            )
         loudest = max(loudest, float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))))
     return 20.0 * math.log10(loudest) if loudest > 0 else -math.inf
 
@@ -214,7 +225,8 @@ def decode(
     """Check and decode ``song_path`` to a float32 stereo WAV at ``sample_rate`` (default 44.1 kHz).
 
     Raises :class:`StageError` with ``not_audio``, ``empty_audio``, ``corrupt_audio``,
-    ``silent_audio``, ``audio_too_long`` or ``audio_too_large``.
+    ``invalid_audio`` (NaN/inf samples), ``silent_audio``, ``audio_too_long`` or
+    ``audio_too_large``.
     """
     song_path, out_wav = Path(song_path), Path(out_wav)
     rate = sample_rate or settings.stem_sample_rate
@@ -258,7 +270,10 @@ def decode(
             "corrupt_audio",
             f"{song_path.name}: truncated, decoded {decoded_s:.2f} s of {declared:.2f} s",
         )
-    level = loudest_window_dbfs(out_wav, rate)
+    try:
+        level = loudest_window_dbfs(out_wav, rate)
+    except StageError as exc:
+        raise StageError(exc.code, f"{song_path.name}: {exc.message}") from None
     if level < settings.silence_dbfs:
         raise StageError(
             "silent_audio",

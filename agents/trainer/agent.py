@@ -27,6 +27,7 @@ from agents.trainer.stage import (
 from schemas.events import VocalsSeparated, VoiceTrained
 from streams import keys as keylayout
 from streams.errors import StageError
+from streams.keypolicy import confined
 from streams.logging import get_logger
 from streams.stage import StageContext, all_exist, fetch
 
@@ -114,7 +115,11 @@ def _dataset_files(event: VocalsSeparated, ctx: StageContext) -> list[Path]:
             "(SINGTOME_MAX_DATASET_BYTES)",
         )
     folder = ctx.workdir / "dataset"
-    return [ctx.store.get_file(k, folder / k[len(prefix) :].lstrip("/")) for k in keys]
+    # A listed key maps to a path below the dataset folder, never beside or above it.
+    return [
+        ctx.store.get_file(k, confined(folder, k[len(prefix) :].lstrip("/") or Path(k).name))
+        for k in keys
+    ]
 
 
 def voice_digest(files: list[Path], config: VoiceTrainingConfig, ctx: StageContext) -> str:

@@ -122,17 +122,23 @@ def test_trainer_empty_dataset_fails_then_trains_and_reuses(
     line: Pipeline, audio: dict[str, bytes]
 ) -> None:
     _put(line, "uploads/tr-bad/voice/readme.txt", b"no audio here")
-    bad = VocalsSeparated(
-        job_id="tr-bad",
-        keys=ObjectKeys(song="s", vocals="v"),
-        sample_rate=SR,
-        duration_s=1.0,
-        separator_model="x",
-    )
+
+    def separated(job_id: str) -> VocalsSeparated:
+        # The trainer reads only the dataset; the keys it carries on are the job's own.
+        own = f"uploads/{job_id}"
+        return VocalsSeparated(
+            job_id=job_id,
+            keys=ObjectKeys(song=f"{own}/song.wav", vocals=f"{own}/vocals.wav"),
+            sample_rate=SR,
+            duration_s=1.0,
+            separator_model="x",
+        )
+
+    bad = separated("tr-bad")
     bad.options.voice.dataset_key = "uploads/tr-bad/voice/"
-    first = bad.model_copy(update={"job_id": "tr-good-1", "event_id": "e1"}, deep=True)
+    first = separated("tr-good-1")
     first.options.voice.dataset_key = _dataset(line, "tr-good-1", audio)
-    second = bad.model_copy(update={"job_id": "tr-good-2", "event_id": "e2"}, deep=True)
+    second = separated("tr-good-2")
     second.options.voice.dataset_key = _dataset(line, "tr-good-2", audio)  # same voice again
     publish(line.settings, bad, first, second)
 
@@ -178,21 +184,25 @@ def test_converter_silent_vocals_fail_then_converts(
 
 
 def test_mixer_missing_stem_fails_then_mixes(line: Pipeline, audio: dict[str, bytes]) -> None:
-    vocal = _put(line, "uploads/mx/vocals.wav", audio["vocal.wav"])
-    song = _put(line, "uploads/mx/song.wav", audio["song.wav"])
+    # A job names only its own uploads (and pipeline outputs by digest): one copy per job.
+    vocals = {
+        j: _put(line, f"uploads/{j}/vocals.wav", audio["vocal.wav"]) for j in ("mx-bad", "mx-good")
+    }
+    song = _put(line, "uploads/mx-good/song.wav", audio["song.wav"])
+    never_stored = "stems/" + "0" * 64 + "/accompaniment.flac"
     bad = VocalsConverted(
         job_id="mx-bad",
         backend="world",
         sample_rate=SR,
         duration_s=4.0,
-        keys=ObjectKeys(converted_vocals=vocal, accompaniment="stems/none/accompaniment.flac"),
+        keys=ObjectKeys(converted_vocals=vocals["mx-bad"], accompaniment=never_stored),
     )
     good = VocalsConverted(
         job_id="mx-good",
         backend="world",
         sample_rate=SR,
         duration_s=4.0,
-        keys=ObjectKeys(converted_vocals=vocal, accompaniment=song),
+        keys=ObjectKeys(converted_vocals=vocals["mx-good"], accompaniment=song),
     )
     good.options.output.format = "flac"
     publish(line.settings, bad, good)

@@ -23,6 +23,12 @@ from streams.store import LocalStore, TransientStoreError
 from streams.topics import STAGES
 
 
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 class ListEmitter:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, bytes, dict[str, bytes] | None]] = []
@@ -102,7 +108,7 @@ def test_redelivery_is_counted_as_duplicate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "code", "job_id"),
     [
-        (b"\xff\xfe not json", "malformed_event", "unknown"),
+        (b"\xff\xfe not json", "malformed_event", "unknown-" + _sha(b"\xff\xfe not json")),
         (
             json.dumps({"job_id": "j9", "schema_version": "3.1"}).encode(),
             "unsupported_schema_version",
@@ -149,7 +155,7 @@ def test_stage_errors_and_crashes_become_track_failed(tmp_path: Path) -> None:
         (_separated, "missing_object"),
     ):
         runner, emitter = _runner(tmp_path, handler)
-        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/none.wav"))
+        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/job-2/none.wav"))
         outcome = asyncio.run(runner.process(encode(event)))
         assert outcome.failure and outcome.failure.code == code
         assert outcome.failure.source_event_id == event.event_id
@@ -198,3 +204,130 @@ def test_stage_timeout_fails_retriable(tmp_path: Path) -> None:
     runner, _ = _runner(tmp_path, slow, stage_timeout_s=0.2)
     outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
     assert outcome.failure and outcome.failure.code == "timeout" and outcome.failure.retriable
+
+
+def test_a_tombstone_is_answered_and_kept_as_a_tombstone(tmp_path: Path) -> None:
+    runner, emitter = _runner(tmp_path, _separated)
+    outcome = asyncio.run(runner.process(None, b"job-t"))
+    assert outcome.failure and outcome.failure.code == "malformed_event"
+    assert "tombstone" in outcome.failure.message and outcome.job_id == "job-t"
+    assert emitter.topics() == ["song.uploaded.dlq", "track.failed"]
+    assert emitter.sent[0][2] is None, "the DLQ copy is the original: a null value"
+
+
+@pytest.mark.parametrize(
+    ("job_id", "key"),
+    [("jöb-ü-🎵", None), (".", None), ("..", None), ("x" * 2000, None), (None, b"\xff\xfe")],
+)
+def test_an_unusable_job_id_is_answered_under_a_derived_one(
+    tmp_path: Path, job_id: str | None, key: bytes | None
+) -> None:
+    runner, emitter = _runner(tmp_path, _separated)
+    body: dict[str, object] = {"keys": {"song": "uploads/x/song.wav"}}
+    if job_id is not None:
+        body["job_id"] = job_id
+    raw = json.dumps(body).encode()
+    first = asyncio.run(runner.process(raw, key))
+    again = asyncio.run(runner.process(raw, key))
+    source = job_id.encode() if job_id is not None else key or b""
+    expected = "invalid-" + _sha(source)
+    assert first.failure and first.failure.code == "malformed_event"
+    assert first.job_id == again.job_id == expected, "derived, the same every time"
+    assert first.failure.event_id == again.failure.event_id  # type: ignore[union-attr]
+    assert [v for t, _, v, _ in emitter.sent if t == "song.uploaded.dlq"] == [raw, raw]
+    assert runner.store.exists(f"jobs/{expected}/track.failed.json")
+
+
+def test_forbidden_keys_are_refused_before_the_stage_or_s3(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def handler(event: Event, ctx: StageContext) -> Event:
+        calls.append(event.job_id)
+        return _separated(event, ctx)
+
+    runner, _ = _runner(tmp_path, handler)
+    runner.store.put_bytes("uploads/other/song.wav", b"someone else's song")
+    for key in ("uploads/other/song.wav", "uploads/", "../x", "s3://b/x", "/abs"):
+        event = SongUploaded(job_id="job-f", keys=ObjectKeys(song=key))
+        outcome = asyncio.run(runner.process(encode(event)))
+        assert outcome.failure and outcome.failure.code == "forbidden_key", key
+        assert not outcome.failure.retriable and "keys.song" in outcome.failure.message
+    assert calls == []
+    assert not list(runner.store.list("jobs/job-f/seen/")), "refused before any bookkeeping"
+
+
+def test_a_key_read_by_the_stage_is_held_to_the_policy_too(tmp_path: Path) -> None:
+    def sneaky(event: Event, ctx: StageContext) -> Event:
+        ctx.store.get_bytes("uploads/other/song.wav")  # a key the event never named
+        return _separated(event, ctx)
+
+    runner, _ = _runner(tmp_path, sneaky)
+    runner.store.put_bytes("uploads/other/song.wav", b"someone else's song")
+    outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
+    assert outcome.failure and outcome.failure.code == "forbidden_key"
+
+
+def test_a_key_s3_refuses_is_invalid_key_and_bookkeeping_errors_never_escape(
+    tmp_path: Path,
+) -> None:
+    from streams.store import InvalidKey, StoreError
+
+    runner, emitter = _runner(tmp_path, _separated)
+    real = runner.store
+
+    class Refusing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def get_bytes(self, key: str) -> bytes:
+            raise InvalidKey(key, "KeyTooLongError")
+
+        def put_if_absent(self, key: str, data: bytes) -> bool:
+            raise StoreError("S3 400 on the duplicate marker")
+
+    runner.store = Refusing()  # type: ignore[assignment]
+    outcome = asyncio.run(runner.process(encode(_event(real))))  # type: ignore[arg-type]
+    assert outcome.failure and outcome.failure.code == "invalid_key"
+    assert emitter.topics() == ["song.uploaded.dlq", "track.failed"]
+
+
+def test_an_answer_for_another_job_is_a_bug_not_a_send(tmp_path: Path) -> None:
+    def wrong(event: Event, ctx: StageContext) -> Event:
+        out = _separated(event, ctx)
+        out.job_id = "someone-else"
+        return out
+
+    runner, emitter = _runner(tmp_path, wrong)
+    outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
+    assert outcome.failure and outcome.failure.code == "internal_error"
+    assert emitter.topics() == ["song.uploaded.dlq", "track.failed"]
+    assert all(key == "job-1" for _, key, _, _ in emitter.sent)
+
+
+def test_a_replayed_input_is_a_duplicate_at_every_stage(tmp_path: Path) -> None:
+    from tests import stages as test_stages
+
+    store = LocalStore(tmp_path / "store")
+    emitter = ListEmitter()
+    runners = [
+        Runner(
+            stage=stage,
+            handler=getattr(test_stages, name),
+            settings=Settings(),
+            store=store,
+            emitter=emitter,
+        )
+        for name, stage in STAGES.items()
+    ]
+    raw = encode(_event(store, "job-r"))
+    for delivery in range(2):  # the input and its replay flow through all four stages
+        message = raw
+        for runner in runners:
+            outcome = asyncio.run(runner.process(message))
+            assert outcome.status == "done" and outcome.output
+            assert outcome.duplicate is (delivery == 1), (runner.stage.stage, delivery)
+            message = encode(outcome.output)
+    for name in STAGES:
+        assert len(list(store.list(f"jobs/job-r/duplicates/{name}/"))) == 1, name
+    ready = [v for t, _, v, _ in emitter.sent if t == "track.ready"]
+    assert len(ready) == 2 and json.loads(ready[0])["event_id"] == json.loads(ready[1])["event_id"]

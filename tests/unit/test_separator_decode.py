@@ -178,3 +178,15 @@ def test_too_large_is_refused_before_probing(
     error = _decode_error(source_wav, tmp_path, _settings(max_audio_bytes=10_000))
     assert error.code == "audio_too_large"
     assert "SINGTOME_MAX_AUDIO_BYTES" in error.message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("rate", [44100, 48000])  # passed through as is, and resampled
+def test_nan_or_inf_samples_are_invalid_audio(tmp_path: Path, bad: float, rate: int) -> None:
+    audio = 0.3 * np.sin(np.linspace(0, 4000, 2 * rate, dtype=np.float32))
+    audio[int(1.5 * rate) : int(1.5 * rate) + 4] = bad
+    path = tmp_path / "song.wav"
+    sf.write(str(path), audio, rate, subtype="FLOAT")
+    error = _decode_error(path, tmp_path)
+    assert error.code == "invalid_audio"
+    assert error.message.startswith("song.wav:") and "at 1.5" in error.message
