@@ -13,6 +13,7 @@ Layout (bucket-relative)::
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
     locks/<name>                            single-writer locks (conditional put)
+    dlq/<topic>/<partition>-<offset>-<sha>  a DLQ copy too large for the broker (claim check)
 """
 
 from __future__ import annotations
@@ -91,3 +92,13 @@ def job_prefix(job_id: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"locks/{name}"
+
+
+def dlq_key(topic: str, partition: int | None, offset: int | None, digest: str) -> str:
+    """Where the DLQ copy of a message too large for the broker is kept (claim check).
+
+    ``topic`` is the plain topic name; partition and offset say where the message was read
+    (``x`` when unknown) and the content hash keeps copies of different messages apart.
+    """
+    where = f"{'x' if partition is None else partition}-{'x' if offset is None else offset}"
+    return f"dlq/{topic}/{where}-{digest[:16]}"

@@ -29,7 +29,7 @@ from faust.web import Request, Response, View
 
 from streams.logging import configure_logging, get_logger
 from streams.metrics import Metrics
-from streams.runner import Runner
+from streams.runner import Runner, SendError
 from streams.settings import Settings
 from streams.stage import Handler
 from streams.store import S3Store
@@ -78,18 +78,63 @@ class FaustEmitter:
     async def send(
         self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None
     ) -> None:
+        """Send and wait for the acknowledgement: each attempt bounded by SINGTOME_SEND_TIMEOUT_S,
+        SINGTOME_SEND_RETRIES retries with backoff (a broker restart is ridden out), and a
+        refusal that no retry can change (too large, unknown topic) raised at once."""
+        from aiokafka.errors import (
+            KafkaError,
+            MessageSizeTooLargeError,
+            RecordListTooLargeError,
+            RecordTooLargeError,
+        )
+
         delay = self.settings.retry_backoff_s
+        attempt = 0
         while True:
+            attempt += 1
             try:
-                pending = await self._topic(topic).send(
-                    key=key.encode(), value=value, headers=headers or {}
+                # aiokafka gives up on metadata and expires a batch after the request timeout
+                # (SINGTOME_SEND_TIMEOUT_S); the outer bound holds whatever else might wait
+                await asyncio.wait_for(
+                    self._send_once(topic, key, value, headers), self.settings.send_timeout_s + 5
                 )
-                await pending
                 return
-            except Exception as exc:  # the broker is away: hold the partition, never drop
-                log.warning("send failed, retrying", topic=topic, error=str(exc), retry_in_s=delay)
+            except (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError) as e:
+                raise SendError(topic, f"{type(e).__name__}: {e}", too_large=True) from e
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                permanent = isinstance(exc, KafkaError) and not _retriable(exc)
+                if permanent or attempt > self.settings.send_retries:
+                    raise SendError(
+                        topic, f"{type(exc).__name__}: {exc}", permanent=permanent
+                    ) from exc
+                log.warning(
+                    "send failed, retrying",
+                    topic=topic,
+                    error=f"{type(exc).__name__}: {exc}",
+                    attempt=attempt,
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_backoff_max_s)
+
+    async def _send_once(
+        self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None
+    ) -> None:
+        pending = await self._topic(topic).send(
+            key=key.encode(), value=value, headers=headers or {}
+        )
+        await pending
+
+
+def _retriable(exc: Exception) -> bool:
+    """aiokafka marks errors a retry may cure; a timeout or a lost connection is one too."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, KafkaTimeoutError | KafkaConnectionError
+    )
 
 
 class WorkerState:
@@ -206,6 +251,9 @@ def create_app(
         broker_max_poll_records=1,
         stream_processing_timeout=settings.stage_timeout_s + 60,
         producer_acks=-1,
+        # one size limit for the producer and the topics (streams.admin.topic_configs)
+        producer_max_request_size=settings.max_message_bytes,
+        producer_request_timeout=settings.send_timeout_s,
         web_enabled=True,
         web_bind=settings.health_host,
         web_port=port,
@@ -238,8 +286,12 @@ def create_app(
             if state.draining:
                 # Draining: this message is not started and not acked; the group redelivers it.
                 await asyncio.Event().wait()
-            await runner.process(event.value, event.key)
-            event.ack()
+            message = event.message
+            outcome = await runner.process(
+                event.value, event.key, partition=message.partition, offset=message.offset
+            )
+            if outcome.answered:
+                event.ack()  # else left uncommitted: redelivered after a restart
             state.jobs_done += 1
 
     @app.page("/health")
