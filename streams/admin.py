@@ -32,6 +32,16 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """Options of every aiokafka producer we create: the connection, every replica's
+    acknowledgement, and the one message-size limit (SINGTOME_MAX_MESSAGE_BYTES)."""
+    return {
+        **kafka_client_kwargs(settings),
+        "acks": "all",
+        "max_request_size": settings.max_message_bytes,
+    }
+
+
 def bootstrap_servers(settings: Settings) -> str:
     """faust's ``kafka://host:port;host2:port`` form → Kafka's ``host:port,host2:port``."""
     return ",".join(

@@ -265,3 +265,14 @@ def test_faust_emitter_does_not_retry_a_size_refusal() -> None:
 def test_an_event_limit_above_the_broker_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="MAX_EVENT_BYTES"):
         Settings(max_event_bytes=2 * 1024 * KIB, max_message_bytes=1024 * KIB)
+
+
+def test_one_message_size_limit_for_topics_producers_and_the_worker() -> None:
+    from streams.admin import producer_kwargs, topic_configs
+    from streams.worker import create_app
+
+    settings = Settings(max_message_bytes=3 * 1024 * KIB, health_port=1)
+    assert int(topic_configs(settings)["max.message.bytes"]) == settings.max_message_bytes
+    assert producer_kwargs(settings)["max_request_size"] == settings.max_message_bytes
+    app, _, _ = create_app("separator", settings, "tests.stages:separator")
+    assert app.conf.producer_max_request_size == settings.max_message_bytes
