@@ -57,7 +57,9 @@ def test_s3_outage_past_the_retry_bound_fails_retriable_and_replay_resumes(
             "tests.stages:separator",
             env={
                 "AWS_ENDPOINT_URL_S3": s3.url,
-                "SINGTOME_TEST_STAGE_SLEEP_S": "2",
+                # the job writes its outputs at the end of this hold: long enough for the cut
+                # to come first on a loaded machine
+                "SINGTOME_TEST_STAGE_SLEEP_S": "8",
                 "SINGTOME_TRANSIENT_RETRIES": "2",
                 "SINGTOME_RETRY_BACKOFF_S": "0.5",
                 "SINGTOME_S3_MAX_ATTEMPTS": "1",
