@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from streams.logging import get_logger
@@ -31,6 +32,16 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """Options of every aiokafka producer we create: the connection, every replica's
+    acknowledgement, and the one message-size limit (SINGTOME_MAX_MESSAGE_BYTES)."""
+    return {
+        **kafka_client_kwargs(settings),
+        "acks": "all",
+        "max_request_size": settings.max_message_bytes,
+    }
+
+
 def bootstrap_servers(settings: Settings) -> str:
     """faust's ``kafka://host:port;host2:port`` form → Kafka's ``host:port,host2:port``."""
     return ",".join(
@@ -54,6 +65,7 @@ async def create_topics_async(settings: Settings, topics: list[str] | None = Non
                         name=topic,
                         num_partitions=settings.topic_partitions,
                         replication_factor=settings.topic_replication,
+                        topic_configs=topic_configs(settings),
                     )
                     for topic in missing
                 ]
@@ -64,6 +76,45 @@ async def create_topics_async(settings: Settings, topics: list[str] | None = Non
         await admin.close()
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Per-topic broker configuration: the message-size limit the producer also uses."""
+    return {"max.message.bytes": str(settings.max_message_bytes)}
+
+
 def create_topics(settings: Settings, topics: list[str] | None = None) -> list[str]:
     """Create every missing topic with the configured partitions; returns those created."""
     return asyncio.run(create_topics_async(settings, topics))
+
+
+class TopicProbe:
+    """Asks the broker which of some topics it does not know, over one light client that is
+    reopened after a failure (the worker's /health uses it)."""
+
+    def __init__(self, settings: Settings, topics: list[str], timeout_s: float = 5.0) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    async def missing(self) -> list[str]:
+        """The topics the broker does not have; raises when the broker cannot be asked."""
+        from aiokafka.client import AIOKafkaClient
+
+        try:
+            if self._client is None:
+                self._client = AIOKafkaClient(
+                    **kafka_client_kwargs(self.settings), request_timeout_ms=4000
+                )
+                await asyncio.wait_for(self._client.bootstrap(), self.timeout_s)
+            metadata = await asyncio.wait_for(self._client.fetch_all_metadata(), self.timeout_s)
+        except BaseException:
+            await self.close()
+            raise
+        known = set(metadata.topics())
+        return [topic for topic in self.topics if topic not in known]
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()

@@ -75,7 +75,14 @@ def worker(
 
 @stack_app.command("up")
 def stack_up(
-    durable: Annotated[bool, typer.Option(help="Keep the broker's log in S3.")] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Keep the broker's log in memory: faster, but a broker restart loses every "
+            "topic, consumer group and message (default: in the local S3 server).",
+        ),
+    ] = False,
 ) -> None:
     """Start the local broker and S3 server, create the bucket and every topic."""
     from dataclasses import replace
@@ -85,7 +92,7 @@ def stack_up(
 
     settings = get_settings()
     configure_logging(settings.log_level, "console")
-    cfg = replace(_stack_config(settings), durable_broker=durable)
+    cfg = replace(_stack_config(settings), durable_broker=not memory)
     try:
         up(cfg, partitions=settings.topic_partitions)
     except StackError as exc:

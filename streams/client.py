@@ -26,7 +26,7 @@ from schemas.events import (
     is_valid_id,
 )
 from streams import keys as keylayout
-from streams.admin import kafka_client_kwargs
+from streams.admin import kafka_client_kwargs, producer_kwargs
 from streams.settings import Settings
 from streams.store import ObjectNotFound, ObjectStore, get_json
 from streams.topics import TRACK_FAILED, TRACK_READY, physical
@@ -37,7 +37,7 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wm
 async def publish_async(settings: Settings, events: Iterable[Event]) -> int:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all")
+    producer = AIOKafkaProducer(**producer_kwargs(settings))
     await producer.start()
     count = 0
     try:
@@ -63,7 +63,7 @@ async def publish_raw_async(
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all")
+    producer = AIOKafkaProducer(**producer_kwargs(settings))
     await producer.start()
     try:
         for key, value in messages:

@@ -13,6 +13,10 @@ ERROR_CODES: dict[str, str] = {
     "malformed_event": "The event is not JSON or misses/mistypes a field (the message names it).",
     "unsupported_schema_version": "The event's schema_version major is not one this service reads.",
     "event_too_large": "The event is larger than SINGTOME_MAX_EVENT_BYTES.",
+    "output_too_large": "The stage's output event is larger than the broker takes "
+    "(SINGTOME_MAX_MESSAGE_BYTES).",
+    "broker_unavailable": "The broker did not acknowledge the output event through every retry "
+    "(retriable: replay resumes).",
     # objects and the key policy (streams/keypolicy.py)
     "forbidden_key": "The event names an S3 key outside what its job may read (another job's "
     "upload, a bare prefix such as uploads/, a '..' segment, a leading '/', a scheme): see "
@@ -46,7 +50,7 @@ ERROR_CODES: dict[str, str] = {
 
 
 # Codes a replay can resume: the input was fine, the service was not.
-RETRIABLE_CODES = frozenset({"store_unavailable", "timeout"})
+RETRIABLE_CODES = frozenset({"store_unavailable", "timeout", "broker_unavailable"})
 
 
 def error_codes_markdown() -> str:

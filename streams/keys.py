@@ -13,6 +13,7 @@ Layout (bucket-relative)::
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
     locks/<name>                            single-writer locks (conditional put)
+    dlq/<topic>/<partition>-<offset>-<sha>  a DLQ copy too large for the broker (claim check)
 
 Which of these an event may name is decided by :mod:`streams.keypolicy`; the normal form of a
 key (:func:`key_form_problem`) is written down here, beside the layout.
@@ -37,6 +38,8 @@ STEMS, VOICES, CONVERTED = "stems", "voices", "converted"
 CONTENT_ADDRESSED = (STEMS, VOICES, CONVERTED)
 # ... and per job.
 TRACKS, JOBS, LOCKS = "tracks", "jobs", "locks"
+# Written by the runner only, never named by an event.
+DLQ = "dlq"
 # S3's own limit on a key.
 MAX_KEY_BYTES = 1024
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -148,3 +151,13 @@ def job_prefix(job_id: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"{LOCKS}/{name}"
+
+
+def dlq_key(topic: str, partition: int | None, offset: int | None, digest: str) -> str:
+    """Where the DLQ copy of a message too large for the broker is kept (claim check).
+
+    ``topic`` is the plain topic name; partition and offset say where the message was read
+    (``x`` when unknown) and the content hash keeps copies of different messages apart.
+    """
+    where = f"{'x' if partition is None else partition}-{'x' if offset is None else offset}"
+    return f"{DLQ}/{topic}/{where}-{digest[:16]}"

@@ -46,3 +46,27 @@ class Metrics:
             registry=reg,
         )
         self.busy = Gauge("singtome_busy", "1 while a job is in hand", ["stage"], registry=reg)
+        self.send_failures = Counter(
+            "singtome_send_failures",
+            "Sends the broker did not acknowledge through every retry (or refused)",
+            ["stage", "topic"],
+            registry=reg,
+        )
+        self.unanswered = Counter(
+            "singtome_unanswered",
+            "Messages left uncommitted because no answer could be sent",
+            ["stage"],
+            registry=reg,
+        )
+        self.claim_checks = Counter(
+            "singtome_dlq_claim_checks",
+            "DLQ copies kept in S3 (too large for the broker) with a reference in the DLQ topic",
+            ["stage"],
+            registry=reg,
+        )
+        self.stuck_calls = Counter(
+            "singtome_stuck_stage_calls",
+            "Stage calls still running after SINGTOME_STAGE_TIMEOUT_S",
+            ["stage"],
+            registry=reg,
+        )

@@ -6,6 +6,12 @@ stage in the event's history → store the job state in S3 → send the next eve
 in ``track.failed`` (stage, code, message, retriable, attempt) plus the original message in
 ``<topic>.dlq``; the runner never raises, so the agent keeps consuming.
 
+A DLQ copy too large for the broker goes to S3 with a small reference record in the DLQ topic
+(claim check). Job-state writes run on their own executor, so a stage call stuck past its timeout
+does not hold its own ``track.failed`` back; the call is left in :attr:`Runner.stuck_call` for the
+worker to watch. Sends the broker does not acknowledge are counted and logged; a message whose
+answer could not be sent at all is reported as not answered, so the worker does not commit it.
+
 The runner knows nothing of Faust: it sends through an :class:`Emitter`, which the Faust adapter
 implements with real topics and the unit tests with a list.
 """
@@ -19,6 +25,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,9 +55,27 @@ from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.stage import Handler, StageContext
 from streams.store import InvalidKey, ObjectNotFound, ObjectStore, TransientStoreError, put_json
-from streams.topics import JOB_PROGRESS, TRACK_FAILED, StageTopics, dlq
+from streams.topics import JOB_PROGRESS, TRACK_FAILED, StageTopics, dlq, physical
 
 log = get_logger(__name__)
+
+# Room for a record's framing (batch header, lengths, timestamps) beside its key, value and
+# headers, when deciding whether a message fits SINGTOME_MAX_MESSAGE_BYTES.
+RECORD_OVERHEAD_BYTES = 512
+
+CLAIM_CHECK_HEADER = "singtome-claim-check"
+
+
+class SendError(Exception):
+    """A send the broker did not acknowledge: refused, or unanswered through every retry."""
+
+    def __init__(
+        self, topic: str, message: str, *, too_large: bool = False, permanent: bool = False
+    ) -> None:
+        super().__init__(f"send to {topic} failed: {message}")
+        self.topic = topic
+        self.too_large = too_large
+        self.permanent = permanent or too_large
 
 
 class Emitter(Protocol):
@@ -58,7 +83,8 @@ class Emitter(Protocol):
         self, topic: str, key: str, value: bytes | None, headers: dict[str, bytes] | None = None
     ) -> None:
         """Send one message and return once the broker has acknowledged it (``value`` None: a
-        tombstone, as a DLQ copy of one)."""
+        tombstone, as a DLQ copy of one); raise :class:`SendError` when it was refused or a
+        bounded number of retries ran out."""
         ...
 
 
@@ -71,6 +97,8 @@ class Outcome:
     output: Event | None = None
     failure: TrackFailed | None = None
     duplicate: bool = False
+    #: False when not even track.failed could be sent: the message must not be committed
+    answered: bool = True
 
 
 @dataclass
@@ -81,8 +109,17 @@ class Runner:
     store: ObjectStore
     emitter: Emitter
     metrics: Metrics = field(default_factory=Metrics)
+    #: the stage's handler: one call at a time
     executor: concurrent.futures.Executor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="singtome-stage"
+        )
+    )
+    #: job-state and duplicate-check writes, never queued behind a stage call (a stuck one)
+    state_executor: concurrent.futures.Executor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="singtome-state"
+        )
     )
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     #: called with the job id while a job is in hand, None when idle (used by the graceful drain)
@@ -91,6 +128,11 @@ class Runner:
     policy: KeyPolicy | None = None
     # whether the message in hand has been answered (one message at a time per runner)
     _answered: bool = field(default=False, init=False, repr=False)
+    #: a stage call that outlived its timeout, while it may still be running (the worker
+    #: waits SINGTOME_STUCK_GRACE_S for it, then exits to be restarted)
+    stuck_call: concurrent.futures.Future[Any] | None = field(default=None, init=False)
+    #: (partition, offset) of the message in hand, for the claim-check key
+    _origin: tuple[int | None, int | None] = field(default=(None, None), init=False)
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -102,10 +144,18 @@ class Runner:
 
         return BY_TOPIC[self.stage.consumes]
 
-    async def process(self, raw: bytes | None, key: bytes | None = None) -> Outcome:
+    async def process(
+        self,
+        raw: bytes | None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> Outcome:
         """Answer one message, whatever its bytes: the stage's output event, or ``track.failed``
         plus the original in the DLQ. Never raises (a cancellation still goes through)."""
         name = self.stage.stage
+        self._origin = (partition, offset)
         self.metrics.events_in.labels(name).inc()
         self._answered = False
         try:
@@ -253,7 +303,19 @@ class Runner:
                 False,
                 attempt,
             )
-        await self._publish(output, value)
+        try:
+            await self._publish(output, value)
+        except SendError as exc:
+            self._send_failed(exc)
+            return await self._fail(
+                raw,
+                event,
+                event.job_id,
+                "output_too_large" if exc.too_large else "broker_unavailable",
+                str(exc),
+                retriable=not exc.permanent,
+                attempt=attempt,
+            )
         elapsed = (finished - started).total_seconds()
         self.metrics.stage_seconds.labels(name).observe(elapsed)
         self.metrics.events_out.labels(name).inc()
@@ -263,11 +325,12 @@ class Runner:
         return Outcome("done", event.job_id, output=output, duplicate=duplicate)
 
     async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Blocking S3 calls run on the stage's thread, so the event loop (and with it the
-        consumer's heartbeats) never waits on the network."""
+        """Blocking S3 calls run on the state threads, so the event loop (and with it the
+        consumer's heartbeats) never waits on the network, and a stuck stage call never holds
+        them back."""
         context = contextvars.copy_context()  # keeps job_id/stage on the thread's log lines
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, context.run, fn, *args
+            self.state_executor, context.run, fn, *args
         )
 
     def _seen_before(self, event: Event) -> bool:
@@ -294,7 +357,8 @@ class Runner:
     async def _call_handler(self, event: Event) -> Event:
         loop = asyncio.get_running_loop()
         workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{self.stage.stage}-"))
-        progress = self._progress_fn(event, loop)
+        answered = threading.Event()  # set once the job is answered without this call
+        progress = self._progress_fn(event, loop, answered)
         assert self.policy is not None
         ctx = StageContext(
             stage=self.stage.stage,
@@ -305,19 +369,34 @@ class Runner:
             force=event.options.force,
         )
         context = contextvars.copy_context()
+        call = self.executor.submit(context.run, self.handler, event, ctx)
+        # The work dir goes when the call ends, which may be long after a timeout.
+        call.add_done_callback(lambda _: shutil.rmtree(workdir, ignore_errors=True))
+        waiting = asyncio.wrap_future(call)
+        # Whatever the call ends with after nobody waits for it is logged by the worker, not
+        # by asyncio as "exception never retrieved".
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            future = loop.run_in_executor(self.executor, context.run, self.handler, event, ctx)
-            return await asyncio.wait_for(future, timeout=self.settings.stage_timeout_s)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            # shield: a timeout must not cancel the future, so that its end stays observable
+            return await asyncio.wait_for(
+                asyncio.shield(waiting), timeout=self.settings.stage_timeout_s
+            )
+        except TimeoutError:
+            answered.set()
+            if not call.done():
+                self.stuck_call = call
+                self.metrics.stuck_calls.labels(self.stage.stage).inc()
+            raise
 
     def _progress_fn(
-        self, event: Event, loop: asyncio.AbstractEventLoop
+        self, event: Event, loop: asyncio.AbstractEventLoop, answered: threading.Event
     ) -> Callable[[float, str], None]:
         """A thread-safe progress reporter, at most one event a second (plus the last one)."""
         last = [0.0]
 
         def progress(fraction: float, message: str = "") -> None:
+            if answered.is_set():  # the stage outlived its event (a timeout): nobody listens
+                return
             now = time.monotonic()
             fraction = min(max(fraction, 0.0), 1.0)
             if fraction < 1.0 and now - last[0] < 1.0:
@@ -327,10 +406,10 @@ class Runner:
                 JobProgress, stage=self.stage.stage, fraction=fraction, message=message
             )
             self._save_state(update)
-            if loop.is_closed():  # the stage outlived its event (a timeout): nobody listens
+            if loop.is_closed():
                 return
             asyncio.run_coroutine_threadsafe(
-                self.emitter.send(JOB_PROGRESS, update.job_id, encode(update)), loop
+                self._send(JOB_PROGRESS, update.job_id, encode(update)), loop
             )
 
         return progress
@@ -391,10 +470,108 @@ class Runner:
             "singtome-retriable": b"true" if retriable else b"false",
         }
         self._answered = True
-        await self.emitter.send(dlq(self.stage.consumes), failure.job_id, raw, headers)
+        await self._copy_to_dlq(raw, failure.job_id, headers)
         await self._offload(self._save_state, failure)
-        await self.emitter.send(TRACK_FAILED, failure.job_id, encode(failure))
-        return Outcome("failed", failure.job_id, failure=failure)
+        answered = await self._send_failure(failure, fields)
+        if not answered:
+            self.metrics.unanswered.labels(name).inc()
+            log.error(
+                "no answer could be sent: the message stays uncommitted and is redelivered "
+                "after the worker restarts",
+                code=code,
+            )
+        return Outcome("failed", failure.job_id, failure=failure, answered=answered)
+
+    async def _send_failure(self, failure: TrackFailed, fields: dict[str, Any]) -> bool:
+        """track.failed; when it is too large for the broker (it carries the input's options,
+        keys and history), a slim one with the same answer and the job id alone."""
+        try:
+            await self.emitter.send(TRACK_FAILED, failure.job_id, encode(failure))
+            return True
+        except SendError as exc:
+            self._send_failed(exc)
+            if not exc.too_large:
+                return False
+        slim = TrackFailed(
+            job_id=failure.job_id, event_id=failure.event_id, options=JobOptions(), **fields
+        )
+        return await self._send(TRACK_FAILED, slim.job_id, encode(slim))
+
+    async def _send(
+        self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None
+    ) -> bool:
+        """Send; a failure (after the emitter's bounded retries) is counted and logged."""
+        try:
+            await self.emitter.send(topic, key, value, headers)
+        except SendError as exc:
+            self._send_failed(exc)
+            return False
+        return True
+
+    def _send_failed(self, exc: SendError) -> None:
+        self.metrics.send_failures.labels(self.stage.stage, exc.topic).inc()
+        log.error("send failed", topic=exc.topic, error=str(exc), too_large=exc.too_large)
+
+    async def _copy_to_dlq(self, raw: bytes | None, job_id: str, headers: dict[str, bytes]) -> None:
+        """The original to ``<topic>.dlq`` (a tombstone as a tombstone), or to S3 with a
+        reference there when it is too large for the broker (known from its size, or from the
+        broker's refusal)."""
+        topic = dlq(self.stage.consumes)
+        size = len(raw or b"") + len(job_id) + sum(len(k) + len(v) for k, v in headers.items())
+        if size + RECORD_OVERHEAD_BYTES <= self.settings.max_message_bytes:
+            try:
+                await self.emitter.send(topic, job_id, raw, headers)
+                return
+            except SendError as exc:
+                if not exc.too_large or raw is None:
+                    self._send_failed(exc)
+                    return
+        assert raw is not None  # a tombstone always fits
+        await self._claim_check(raw, job_id, headers)
+
+    async def _claim_check(self, raw: bytes, job_id: str, headers: dict[str, bytes]) -> None:
+        partition, offset = self._origin
+        digest = keylayout.sha256_bytes(raw)
+        key = keylayout.dlq_key(self.stage.consumes, partition, offset, digest)
+        stored = await self._store_dlq_copy(key, raw)
+        reference = {
+            "claim_check": {"bucket": self.settings.s3_bucket, "key": key, "stored": stored},
+            "bytes": len(raw),
+            "sha256": digest,
+            "topic": physical(self.stage.consumes, self.settings.topic_prefix),
+            "partition": partition,
+            "offset": offset,
+        }
+        self.metrics.claim_checks.labels(self.stage.stage).inc()
+        log.warning(
+            "DLQ copy kept in S3: too large for the broker", key=key, bytes=len(raw), stored=stored
+        )
+        await self._send(
+            dlq(self.stage.consumes),
+            job_id,
+            json.dumps(reference, sort_keys=True).encode(),
+            {**headers, CLAIM_CHECK_HEADER: key.encode()},
+        )
+
+    async def _store_dlq_copy(self, key: str, raw: bytes) -> bool:
+        for attempt in range(1, self.settings.transient_retries + 2):
+            try:
+                await self._offload(self.store.put_bytes, key, raw)
+                return True
+            except TransientStoreError as exc:
+                if attempt > self.settings.transient_retries:
+                    log.error("DLQ copy not stored", key=key, error=str(exc))
+                    return False
+                await self.sleep(
+                    min(
+                        self.settings.retry_backoff_s * 2 ** (attempt - 1),
+                        self.settings.retry_backoff_max_s,
+                    )
+                )
+            except Exception as exc:  # a refusal: keep the reference, say what was lost
+                log.error("DLQ copy not stored", key=key, error=f"{type(exc).__name__}: {exc}")
+                return False
+        return False
 
 
 def _digest(data: bytes) -> str:

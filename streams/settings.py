@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams import keys as keylayout
@@ -64,6 +64,39 @@ class Settings(BaseSettings):
         gt=0,
         description="On SIGTERM, how long the job in hand may run before it is "
         "handed back (uncommitted) and the worker leaves.",
+    )
+    shutdown_leave_s: float = Field(
+        20.0,
+        gt=0,
+        description="After the job in hand (or at once when idle), how long the worker may take "
+        "to commit and leave the group before it exits anyway: every worker is gone "
+        "SINGTOME_SHUTDOWN_GRACE_S + this after SIGTERM, connected to the broker or not.",
+    )
+    stuck_grace_s: float = Field(
+        60.0,
+        gt=0,
+        description="A stage call past SINGTOME_STAGE_TIMEOUT_S is answered 'timeout' at once; if "
+        "it still runs this much later, /health turns 503 and the worker exits (code 70) so "
+        "that it is restarted.",
+    )
+    # The one place of the message-size limit: topics are created with max.message.bytes = this
+    # and the producer's max request size is the same, so what one accepts the other does.
+    max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="Largest message the broker takes (topics' max.message.bytes, the "
+        "producer's max request size). A DLQ copy larger than this goes to S3 under dlq/ "
+        "and the DLQ topic gets a small reference record (claim check).",
+    )
+    send_retries: int = Field(
+        8,
+        ge=0,
+        description="Retries of one send the broker did not acknowledge (backoff from "
+        "SINGTOME_RETRY_BACKOFF_S); then the failure is counted and logged and the worker "
+        "goes on. A message whose answer was not sent stays uncommitted.",
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the broker's acknowledgement of one send."
     )
 
     # --- object store -----------------------------------------------------------------------------
@@ -126,7 +159,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(30.0, ge=0)
 
     # --- limits, checked before heavy work --------------------------------------------------------
-    max_event_bytes: int = Field(256 * 1024, ge=1024)
+    max_event_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Largest event a stage reads (checked first); at most "
+        "SINGTOME_MAX_MESSAGE_BYTES, so that an event's answer fits the broker.",
+    )
     max_audio_bytes: int = Field(200 * 1024 * 1024, ge=1)
     max_audio_duration_s: float = Field(15 * 60, gt=0)
     max_dataset_files: int = Field(2000, ge=1)
@@ -165,9 +203,21 @@ class Settings(BaseSettings):
     model_cache_mb: int = Field(4096, ge=64, description="Memory bound of loaded voice models.")
 
     # --- service ----------------------------------------------------------------------------------
-    health_host: str = "0.0.0.0"
+    health_host: str = Field(
+        "127.0.0.1",
+        description="Address /health and /metrics bind to; containers set 0.0.0.0 for probes.",
+    )
     health_port: int = Field(
         0, ge=0, le=65535, description="Health/metrics HTTP port; 0 picks a free one."
+    )
+    health_stale_s: float = Field(
+        30.0,
+        gt=0,
+        description="/health turns 503 when the consumer's fetch loop has not gone round for "
+        "this long (and no job is in hand), or the topic check is older than this.",
+    )
+    health_check_interval_s: float = Field(
+        5.0, gt=0, description="How often the worker checks that its topics exist."
     )
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -179,6 +229,15 @@ class Settings(BaseSettings):
     )
     kafka_port: int = 19092
     s3_port: int = 8333
+
+    @model_validator(mode="after")
+    def _event_fits_the_broker(self) -> Settings:
+        if self.max_event_bytes > self.max_message_bytes:
+            raise ValueError(
+                "SINGTOME_MAX_EVENT_BYTES must not exceed SINGTOME_MAX_MESSAGE_BYTES: an event "
+                "the stage accepts must leave room for its answer on the broker"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -39,9 +39,13 @@ class StackConfig:
     s3_port: int = 8333
     # SeaweedFS runs a master, a volume server, a filer and an admin server beside S3, at S3 port
     # +1000..+1003, and each server's gRPC port at +10000: two stacks must keep all of these apart
-    # (the developer's stack: 8333/19092; the tests': 28333/29092 and 23333/25092).
+    # (the developer's stack: 8333/19092; the tests': 28333/29092, moved by
+    # SINGTOME_TEST_PORT_OFFSET).
     bucket: str = "singtome"
-    durable_broker: bool = False  # keep the broker's log in S3 (survives broker restarts)
+    # The broker's log, topics and consumer groups live in the stack's S3 server (tansu's s3://
+    # storage), so a broker restart loses nothing; False (`stack up --memory`) keeps them in
+    # the broker's memory, gone with the process.
+    durable_broker: bool = True
 
     @property
     def s3_endpoint(self) -> str:

@@ -9,33 +9,49 @@ Delivery: the agent awaits the runner, which awaits the broker's acknowledgement
 event; only then does the stream take the next message, which acks the previous one for commit
 (``broker_commit_every=1``). A worker killed mid-job leaves its offset uncommitted and the job is
 redelivered to another worker: at-least-once, absorbed by content-addressed outputs.
+
+Health: ``/health`` is 200 only while the worker holds its assignment, its topics exist, its
+consumer's fetch loop goes round (or a job in hand is within its time budget) and it is neither
+draining nor watching a stuck stage call (:func:`health_report`). A stage call still running
+SINGTOME_STUCK_GRACE_S after its timeout makes the worker exit with :data:`EXIT_STUCK`, so that
+the orchestrator restarts it. After SIGTERM every worker is gone within SINGTOME_SHUTDOWN_GRACE_S
++ SINGTOME_SHUTDOWN_LEAVE_S, whether Faust's own stop finishes or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import importlib
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
+from streams.admin import TopicProbe
 from streams.logging import configure_logging, get_logger
 from streams.metrics import Metrics
-from streams.runner import Runner
+from streams.runner import Runner, SendError
 from streams.settings import Settings
 from streams.stage import Handler
 from streams.store import S3Store
-from streams.topics import STAGES, physical
+from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, StageTopics, dlq, physical
 
 log = get_logger(__name__)
+
+#: exit status of a worker that left because a stage call stayed stuck past its timeout
+EXIT_STUCK = 70
 
 
 def load_handler(stage: str, spec: str | None = None) -> Handler:
@@ -78,39 +94,154 @@ class FaustEmitter:
     async def send(
         self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None
     ) -> None:
+        """Send and wait for the acknowledgement: each attempt bounded by SINGTOME_SEND_TIMEOUT_S,
+        SINGTOME_SEND_RETRIES retries with backoff (a broker restart is ridden out), and a
+        refusal that no retry can change (too large, unknown topic) raised at once."""
+        from aiokafka.errors import (
+            KafkaError,
+            MessageSizeTooLargeError,
+            RecordListTooLargeError,
+            RecordTooLargeError,
+        )
+
         delay = self.settings.retry_backoff_s
+        attempt = 0
         while True:
+            attempt += 1
             try:
-                pending = await self._topic(topic).send(
-                    key=key.encode(), value=value, headers=headers or {}
+                # aiokafka gives up on metadata and expires a batch after the request timeout
+                # (SINGTOME_SEND_TIMEOUT_S); the outer bound holds whatever else might wait
+                await asyncio.wait_for(
+                    self._send_once(topic, key, value, headers), self.settings.send_timeout_s + 5
                 )
-                await pending
                 return
-            except Exception as exc:  # the broker is away: hold the partition, never drop
-                log.warning("send failed, retrying", topic=topic, error=str(exc), retry_in_s=delay)
+            except (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError) as e:
+                raise SendError(topic, f"{type(e).__name__}: {e}", too_large=True) from e
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                permanent = isinstance(exc, KafkaError) and not _retriable(exc)
+                if permanent or attempt > self.settings.send_retries:
+                    raise SendError(
+                        topic, f"{type(exc).__name__}: {exc}", permanent=permanent
+                    ) from exc
+                log.warning(
+                    "send failed, retrying",
+                    topic=topic,
+                    error=f"{type(exc).__name__}: {exc}",
+                    attempt=attempt,
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_backoff_max_s)
 
+    async def _send_once(
+        self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None
+    ) -> None:
+        pending = await self._topic(topic).send(
+            key=key.encode(), value=value, headers=headers or {}
+        )
+        await pending
 
+
+def _retriable(exc: Exception) -> bool:
+    """aiokafka marks errors a retry may cure; a timeout or a lost connection is one too."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, KafkaTimeoutError | KafkaConnectionError
+    )
+
+
+@dataclass
 class WorkerState:
-    """What /health reports."""
+    """What /health reports: the worker's own view, updated by the agent, the consumer's fetch
+    loop, the rebalance callbacks and the topic check."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.consuming = False
-        self.draining = False
-        self.job_in_hand: str | None = None
-        self.jobs_done = 0
+    started: float = field(default_factory=time.monotonic)
+    agent_running: bool = False
+    agent_crashes: int = 0
+    draining: bool = False
+    assigned: bool = False
+    partitions: list[str] = field(default_factory=list)
+    last_fetch: float | None = None
+    topics_checked_at: float | None = None
+    missing_topics: list[str] = field(default_factory=list)
+    topic_error: str | None = None
+    job_in_hand: str | None = None
+    job_started: float | None = None
+    jobs_done: int = 0
+    unanswered: int = 0
+    stuck_since: float | None = None
+    exit_code: int = 0
+    #: set by the worker process: stop (commit, leave the group) and exit with this status
+    request_exit: Callable[[int], None] | None = None
 
 
-# After the grace period, how long Faust gets to commit and leave the group before a hard exit.
-LEAVE_GROUP_S = 20.0
+def job_budget_s(settings: Settings) -> float:
+    """The longest a healthy worker holds one message: every stage attempt to its timeout with
+    backoff between, and three sends (DLQ copy, state, answer) through every retry."""
+    attempts = settings.transient_retries + 1
+    stage = attempts * (settings.stage_timeout_s + settings.retry_backoff_max_s)
+    per_send = settings.send_timeout_s + 5 + settings.retry_backoff_max_s
+    send = (settings.send_retries + 1) * per_send
+    return stage + 3 * send + 60
 
 
-def _exit_after(seconds: float) -> None:
-    time.sleep(seconds)
-    log.warning("exiting with a stage still running (its job is redelivered)")
-    os._exit(0)
+def health_report(
+    state: WorkerState, settings: Settings, now: float, rebalancing: bool = False
+) -> tuple[bool, list[str]]:
+    """(ready, problems): ready only when nothing in the list is wrong."""
+    problems: list[str] = []
+    if state.draining:
+        problems.append("draining")
+    if not state.agent_running:
+        crashed = f" (crashed {state.agent_crashes} times)" if state.agent_crashes else ""
+        problems.append("the agent is not running" + crashed)
+    if state.stuck_since is not None:
+        problems.append(
+            f"a stage call has run {now - state.stuck_since:.0f} s past its timeout and is still "
+            f"running; the worker exits after SINGTOME_STUCK_GRACE_S={settings.stuck_grace_s:g}"
+        )
+    if rebalancing or not state.assigned:
+        problems.append("no partition assignment: joining the group or rebalancing")
+    if state.topic_error is not None:
+        problems.append(f"the broker could not be asked for the topics: {state.topic_error}")
+    elif state.missing_topics:
+        problems.append(f"topics missing on the broker: {', '.join(state.missing_topics)}")
+    if state.topics_checked_at is None or now - state.topics_checked_at > settings.health_stale_s:
+        problems.append("the topics have not been confirmed recently")
+    if state.job_started is not None:
+        held = now - state.job_started
+        if held > job_budget_s(settings):
+            problems.append(f"wedged: one message in hand for {held:.0f} s")
+    elif state.last_fetch is None or now - state.last_fetch > settings.health_stale_s:
+        problems.append("the consumer's fetch loop has stalled")
+    if state.unanswered:
+        problems.append(
+            f"{state.unanswered} message(s) could not be answered and stay uncommitted: "
+            "restart the worker to have them redelivered"
+        )
+    return not problems, problems
+
+
+def _exit_after(seconds: float, code: int, why: str) -> None:
+    """A hard exit, whatever Faust's stop is waiting for (a stuck stage thread, a broker that
+    is away or has forgotten the group)."""
+
+    def run() -> None:
+        time.sleep(seconds)
+        log.warning("exiting without a clean stop", reason=why, exit_code=code)
+        _flush()
+        os._exit(code)
+
+    threading.Thread(target=run, name="singtome-exit", daemon=True).start()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 class DrainingWorker(faust.Worker):
@@ -118,11 +249,20 @@ class DrainingWorker(faust.Worker):
     period, then stop as Faust does (commit, leave the group). A job still running when the
     grace period ends is handed back uncommitted and redelivered to another worker."""
 
-    def __init__(self, app: faust.App, state: WorkerState, grace_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        state: WorkerState,
+        grace_s: float,
+        leave_s: float = 20.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self.spinner = None  # a terminal spinner would put escape codes into the JSON log stream
         self.worker_state = state
         self.grace_s = grace_s
+        self.leave_s = leave_s
+        state.request_exit = self.stop_and_exit
 
     def _on_sigterm(self) -> None:
         self._drain(signal.SIGTERM)
@@ -154,12 +294,20 @@ class DrainingWorker(faust.Worker):
                 "grace period over: the job in hand is handed back uncommitted",
                 job_id=self.worker_state.job_in_hand,
             )
-            # The stage's thread cannot be interrupted and would hold the exit; its message is
-            # not committed, so leaving without it is safe.
-            threading.Thread(target=_exit_after, args=(LEAVE_GROUP_S,), daemon=True).start()
         else:
             log.info("drained: no job in hand")
+        # Faust's stop (commit, leave the group) may wait on a broker that is away or has
+        # forgotten the group, and a stage thread cannot be interrupted: the process is gone
+        # leave_s from now in any case. An unfinished message is not committed: leaving is safe.
+        _exit_after(self.leave_s, 0, "the stop did not finish within SINGTOME_SHUTDOWN_LEAVE_S")
         self._schedule_shutdown(signum)
+
+    def stop_and_exit(self, code: int) -> None:
+        """Stop as on SIGTERM, now (no job is in hand), then exit with ``code``."""
+        self.worker_state.exit_code = code
+        self.worker_state.draining = True
+        _exit_after(self.leave_s, code, "the stop did not finish within SINGTOME_SHUTDOWN_LEAVE_S")
+        self._schedule_shutdown(signal.SIGTERM)
 
 
 def create_app(
@@ -206,12 +354,16 @@ def create_app(
         broker_max_poll_records=1,
         stream_processing_timeout=settings.stage_timeout_s + 60,
         producer_acks=-1,
+        # one size limit for the producer and the topics (streams.admin.topic_configs)
+        producer_max_request_size=settings.max_message_bytes,
+        producer_request_timeout=settings.send_timeout_s,
         web_enabled=True,
         web_bind=settings.health_host,
         web_port=port,
         web_host=settings.health_host,
     )
     state = WorkerState()
+    _watch_fetch_loop(app, state)
     metrics = Metrics()
     runner = Runner(
         stage=stage,
@@ -230,28 +382,78 @@ def create_app(
 
     @app.agent(source, concurrency=1, name=f"singtome.{stage_name}")
     async def process(stream: Any) -> None:
-        state.consuming = True
-        # Acks are ours: Faust would ack a message even when its processing is cancelled by a
-        # shutdown, committing a job that never finished. Only a message whose answer (output
-        # or track.failed) the broker acknowledged is acked, hence committed.
-        async for event in stream.noack().events():
-            if state.draining:
-                # Draining: this message is not started and not acked; the group redelivers it.
-                await asyncio.Event().wait()
-            await runner.process(event.value, event.key)
-            event.ack()
-            state.jobs_done += 1
+        state.agent_running = True
+        try:
+            # Acks are ours: Faust would ack a message even when its processing is cancelled by
+            # a shutdown, committing a job that never finished. Only a message whose answer
+            # (output or track.failed) the broker acknowledged is acked, hence committed.
+            async for event in stream.noack().events():
+                if state.draining:
+                    # Draining: this message is not started and not acked; it is redelivered.
+                    await asyncio.Event().wait()
+                message = event.message
+                outcome = await runner.process(
+                    event.value, event.key, partition=message.partition, offset=message.offset
+                )
+                if outcome.answered:
+                    event.ack()
+                else:
+                    state.unanswered += 1  # left uncommitted: redelivered after a restart
+                state.jobs_done += 1
+                if runner.stuck_call is not None:
+                    await _outwait_stuck_call(app, runner, state, settings)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            state.agent_crashes += 1
+            log.exception("agent crashed")
+            raise
+        finally:
+            state.agent_running = False
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        state.assigned = True
+        state.partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        state.assigned = False
+
+    wanted = _health_topics(stage, settings)
+
+    @app.task
+    async def watch_topics() -> None:
+        probe = TopicProbe(settings, wanted)
+        try:
+            while not app.should_stop:
+                try:
+                    state.missing_topics = await probe.missing()
+                    state.topic_error = None
+                    state.topics_checked_at = time.monotonic()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    state.topic_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(settings.health_check_interval_s)
+        finally:
+            await probe.close()
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            ready = state.consuming and not state.draining and not app.rebalancing
+            ready, problems = health_report(
+                state, settings, time.monotonic(), rebalancing=bool(app.rebalancing)
+            )
             body = {
                 "stage": stage_name,
                 "group": app.conf.id,
                 "ready": ready,
+                "problems": problems,
+                "partitions": state.partitions,
                 "job_in_hand": state.job_in_hand,
                 "jobs_done": state.jobs_done,
+                "unanswered": state.unanswered,
                 "uptime_s": round(time.monotonic() - state.started, 1),
             }
             return self.json(body, status=200 if ready else 503)
@@ -285,7 +487,63 @@ def _faust_datadir() -> Path:
 
 def _set_busy(state: WorkerState, metrics: Metrics, stage: str, job_id: str | None) -> None:
     state.job_in_hand = job_id
+    state.job_started = time.monotonic() if job_id else None
     metrics.busy.labels(stage).set(1 if job_id else 0)
+
+
+def _health_topics(stage: StageTopics, settings: Settings) -> list[str]:
+    """The topics a stage worker reads or writes: all must exist for it to be healthy."""
+    names = [stage.consumes, stage.produces, TRACK_FAILED, JOB_PROGRESS, dlq(stage.consumes)]
+    return [physical(name, settings.topic_prefix) for name in names]
+
+
+def _watch_fetch_loop(app: faust.App, state: WorkerState) -> None:
+    """Stamp each round of the consumer's fetch loop (about once a second, idle or not): the
+    "last loop iteration" /health looks at. Faust builds its consumer from the transport's
+    Consumer class when the worker starts, so a subclass set here is the one that runs."""
+    base = app.transport.Consumer
+
+    class FetchWatchingConsumer(base):  # type: ignore[misc,valid-type]
+        async def getmany(self, timeout: float) -> Any:
+            state.last_fetch = time.monotonic()
+            async for item in super().getmany(timeout):
+                yield item
+
+    app.transport.Consumer = FetchWatchingConsumer
+
+
+async def _outwait_stuck_call(
+    app: faust.App, runner: Runner, state: WorkerState, settings: Settings
+) -> None:
+    """A stage call outlived its timeout (its job is answered already): take no new message
+    while it runs; if it is still running after SINGTOME_STUCK_GRACE_S, commit and exit with
+    EXIT_STUCK so that the orchestrator restarts the worker."""
+    call: concurrent.futures.Future[Any] | None = runner.stuck_call
+    if call is None:
+        return
+    state.stuck_since = time.monotonic()
+    log.error("a stage call is still running past its timeout", grace_s=settings.stuck_grace_s)
+    deadline = state.stuck_since + settings.stuck_grace_s
+    while not call.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    if call.done():
+        runner.stuck_call = None
+        state.stuck_since = None
+        log.warning("the stage call past its timeout has ended; consuming again")
+        return
+    log.error(
+        "a stage call is still running after the grace period: exiting to be restarted",
+        exit_code=EXIT_STUCK,
+    )
+    # The timed-out job was answered and acked: commit it now, so that the restarted worker
+    # does not take it (and get stuck on it) again.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(app.consumer.commit(), timeout=10)
+    if state.request_exit is not None:
+        state.request_exit(EXIT_STUCK)
+    else:  # no worker process around the app (a test): nothing to stop but the process
+        _exit_after(0, EXIT_STUCK, "stuck stage call")
+    await asyncio.Event().wait()  # the stop cancels this agent
 
 
 def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
@@ -323,6 +581,7 @@ def run_worker(
         app,
         state,
         settings.shutdown_grace_s,
+        settings.shutdown_leave_s,
         loglevel=settings.log_level,
         override_logging=False,
         quiet=True,
@@ -331,4 +590,17 @@ def run_worker(
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     log.info("worker starting", pid=os.getpid())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    worker.execute_from_commandline()
+    code: Any = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        log.exception("worker crashed")
+        code = 1
+    code = state.exit_code or (code if isinstance(code, int) else 1)
+    log.info("worker stopped", exit_code=code)
+    _flush()
+    # A stage thread that is still running (handed back, or stuck) would hold a normal exit
+    # until it ends; Faust has committed and left the group, so nothing is left to wait for.
+    os._exit(code)

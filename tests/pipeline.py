@@ -10,8 +10,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -75,6 +77,8 @@ class Pipeline:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")))
+    #: topics (plain names) created with a larger max.message.bytes than the settings say
+    topic_max_bytes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env = {
@@ -93,6 +97,9 @@ class Pipeline:
         for key in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             os.environ[key] = self.env[key]
         self.store = S3Store(self.settings)
+        for topic, limit in self.topic_max_bytes.items():
+            raised = self.settings.model_copy(update={"max_message_bytes": limit})
+            create_topics(raised, [topic])
         create_topics(self.settings)
 
     def start_worker(
@@ -166,6 +173,10 @@ class Pipeline:
         """Every message of a topic from the beginning, once at least ``until`` are there."""
         return asyncio.run(read_topic(self.settings, self.topic(topic), until, timeout_s))
 
+    def records(self, topic: str, until: int, timeout_s: float = 60) -> list[Any]:
+        """Like :meth:`read`, as aiokafka records (timestamp, partition, offset, headers)."""
+        return asyncio.run(read_records(self.settings, self.topic(topic), until, timeout_s))
+
     def events(self, topic: str, until: int, timeout_s: float = 60) -> list[Event]:
         cls = BY_TOPIC[topic]
         return [cls.model_validate_json(v) for _, v in self.read(topic, until, timeout_s)]
@@ -197,6 +208,82 @@ class Pipeline:
 
     def count(self, prefix: str) -> int:
         return sum(1 for _ in self.store.list(prefix))
+
+
+class TcpProxy:
+    """A TCP forwarder to a local server that a test can cut and restore: an outage of that
+    server as its clients see it, while others (the broker's own storage in S3) keep it.
+
+    Cut, it closes its connections and its listening socket, so clients get "connection
+    refused", as from a stopped server; restored, it listens on the same port again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown first: a bare close() does not wake the thread blocked in accept(),
+            # which would go on taking connections
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._sockets -= {source, sink}
 
 
 def wait_job_in_hand(port: int, timeout_s: float = 60) -> str:
@@ -239,7 +326,11 @@ async def read_records(settings: Settings, topic: str, until: int, timeout_s: fl
 
     from streams.admin import kafka_client_kwargs
 
-    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **kafka_client_kwargs(settings),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,  # the tests' oversized events
+    )
     await consumer.start()
     messages: list[Any] = []
     try:

@@ -1,12 +1,14 @@
 """Test-only stage handlers: they copy objects and tag them, so the runtime can be tested without
 models. Each real computation leaves a counter object, so tests can tell reuse from recomputation.
 
-``SINGTOME_TEST_STAGE_SLEEP_S`` makes every computation hold the job that long (kill tests).
+``SINGTOME_TEST_STAGE_SLEEP_S`` makes every computation hold the job that long (kill tests);
+:func:`stuck` never returns (timeout tests).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
@@ -103,3 +105,11 @@ def mixer(event: VocalsConverted, ctx: StageContext):  # type: ignore[no-untyped
     return event.follow(
         TrackReady, keys=keys, track_key=key, format="wav", duration_s=1.0, cache_hit=hit
     )
+
+
+def stuck(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
+    """A separator that never returns, like a call wedged in native code or on a dead mount.
+    Each call leaves a counter object, so a test can tell whether the job was taken again."""
+    ctx.store.put_bytes(counter_key(event.job_id, ctx.stage), b"")
+    threading.Event().wait()
+    raise AssertionError("unreachable")

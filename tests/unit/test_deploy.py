@@ -266,8 +266,10 @@ def test_termination_grace_outlasts_the_shutdown_grace(settings_from: Any) -> No
     for stage in STAGES:
         settings = settings_from(container_env(deployment(stage)))
         pod_grace = deployment(stage)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        # the job's grace, then time to commit and leave the group, but no endless hang
-        assert settings.shutdown_grace_s < pod_grace <= settings.shutdown_grace_s + 120, stage
+        # the job's grace, then the worker's own bound to commit and leave the group (after
+        # which it exits anyway), before the kubelet's SIGKILL; but no endless hang
+        worker_bound = settings.shutdown_grace_s + settings.shutdown_leave_s
+        assert worker_bound < pod_grace <= settings.shutdown_grace_s + 120, stage
 
 
 def test_env_from_refers_to_objects_that_exist() -> None:
@@ -450,7 +452,53 @@ def test_compose_healthchecks_hit_health_on_the_health_port(settings_from: Any) 
         check = " ".join(service["healthcheck"]["test"])
         assert f":{settings.health_port}/health" in check, name
         grace = float(service["stop_grace_period"].rstrip("s"))
-        assert settings.shutdown_grace_s < grace, name
+        assert settings.shutdown_grace_s + settings.shutdown_leave_s < grace, name
+
+
+# --------------------------------------------------------------------------------------------------
+# what is exposed: health/metrics on loopback unless a container asks, no default secret
+# --------------------------------------------------------------------------------------------------
+
+
+def test_health_binds_loopback_by_default_and_all_interfaces_in_containers(
+    settings_from: Any,
+) -> None:
+    assert settings_from({}).health_host == "127.0.0.1"
+    for stage in STAGES:
+        assert settings_from(container_env(deployment(stage))).health_host == "0.0.0.0", stage
+    for name, (_, service) in worker_services(compose()).items():
+        assert settings_from(service["environment"]).health_host == "0.0.0.0", name
+    _, stages = parse_dockerfile(DOCKERFILE)
+    assert stages["worker"].env["SINGTOME_HEALTH_HOST"] == "0.0.0.0"
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    published = 0
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            text = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
+            assert text.startswith("127.0.0.1:"), (name, port)
+            published += 1
+    assert published >= 2, "the broker and S3 are reachable from the host"
+
+
+# ${VAR:-default} / ${VAR-default}: a value compose fills in when the variable is unset.
+_DEFAULTED = re.compile(r"\$\{(\w+):?-[^}]*\}")
+
+
+def test_compose_has_no_default_secret() -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    defaulted = {name for name in _DEFAULTED.findall(text)}
+    assert not {n for n in defaulted if re.search("SECRET|PASSWORD|TOKEN", n)}, defaulted
+    env = compose()["x-singtome-env"]
+    assert re.fullmatch(r"\$\{DEV_S3_SECRET_KEY:\?[^}]+\}", env["AWS_SECRET_ACCESS_KEY"])
+    identities = compose()["configs"]["s3-identities"]["content"]
+    assert "${DEV_S3_SECRET_KEY:?" in identities, "the S3 server takes the same required secret"
+
+
+def test_the_no_default_secret_check_catches_one() -> None:
+    assert _DEFAULTED.findall("key: ${DEV_S3_SECRET_KEY:-dev-secret}") == ["DEV_S3_SECRET_KEY"]
+    assert _DEFAULTED.findall("key: ${DEV_S3_SECRET_KEY:?required}") == []
 
 
 # --------------------------------------------------------------------------------------------------
