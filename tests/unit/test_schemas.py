@@ -7,23 +7,35 @@ import pytest
 from schemas.events import (
     BY_TOPIC,
     EventDecodeError,
+    JobOptions,
     ObjectKeys,
     SongUploaded,
     TrackFailed,
     VocalsSeparated,
+    VoiceOptions,
     decode,
     encode,
 )
 from schemas.export import asyncapi_document, export
 
+VOICE = VoiceOptions(dataset_key="uploads/job-1/voice/")
+
 
 def _song(**overrides: object) -> dict[str, object]:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="uploads/job-1/song.wav"))
+    event = SongUploaded(
+        job_id="job-1",
+        keys=ObjectKeys(song="uploads/job-1/song.wav"),
+        options=JobOptions(voice=VOICE),
+    )
     return {**json.loads(encode(event)), **overrides}
 
 
 def test_round_trip_keeps_every_field() -> None:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="uploads/job-1/song.wav"))
+    event = SongUploaded(
+        job_id="job-1",
+        keys=ObjectKeys(song="uploads/job-1/song.wav"),
+        options=JobOptions(voice=VOICE),
+    )
     event.options.conversion.f0_up_key = 3
     again = decode(SongUploaded, encode(event))
     assert again == event
@@ -31,7 +43,9 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_follow_carries_envelope_with_a_new_id() -> None:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="s.wav"))
+    event = SongUploaded(
+        job_id="job-1", keys=ObjectKeys(song="s.wav"), options=JobOptions(voice=VOICE)
+    )
     nxt = event.follow(
         VocalsSeparated, sample_rate=44100, duration_s=2.0, separator_model="spleeter"
     )
