@@ -9,6 +9,7 @@ runs a whole cover through all four.
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from schemas.events import (
     TrackReady,
     VocalsConverted,
     VocalsSeparated,
+    VoiceOptions,
     VoiceTrained,
 )
 from streams import demo_audio as audio_synth
@@ -81,6 +83,11 @@ def _dataset(line: Pipeline, job: str, audio: dict[str, bytes]) -> str:
     return prefix
 
 
+def _voice(job: str) -> JobOptions:
+    """Options naming a voice dataset (the separator's tests end before the trainer reads it)."""
+    return JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job}/voice/"))
+
+
 def _failures(line: Pipeline, *job_ids: str) -> dict[str, TrackFailed]:
     return line.by_job("track.failed", set(job_ids))  # type: ignore[return-value]
 
@@ -91,14 +98,17 @@ def test_separator_bad_song_a_cappella_and_good_song(
     bad = SongUploaded(
         job_id="sep-bad",
         keys=ObjectKeys(song=_put(line, "uploads/sep-bad/song.mp3", b"<html>not audio</html>")),
+        options=_voice("sep-bad"),
     )
     good = SongUploaded(
         job_id="sep-good",
         keys=ObjectKeys(song=_put(line, "uploads/sep-good/song.wav", audio["song.wav"])),
+        options=_voice("sep-good"),
     )
     bare = SongUploaded(
         job_id="sep-bare",
         keys=ObjectKeys(song=_put(line, "uploads/sep-bare/song.wav", audio["vocal.wav"])),
+        options=_voice("sep-bare"),
     )
     bare.options.separator.skip = True
     publish(line.settings, bad, good, bare)
@@ -125,11 +135,11 @@ def test_trainer_empty_dataset_fails_then_trains_and_reuses(
     bad = VocalsSeparated(
         job_id="tr-bad",
         keys=ObjectKeys(song="s", vocals="v"),
+        options=_voice("tr-bad"),
         sample_rate=SR,
         duration_s=1.0,
         separator_model="x",
     )
-    bad.options.voice.dataset_key = "uploads/tr-bad/voice/"
     first = bad.model_copy(update={"job_id": "tr-good-1", "event_id": "e1"}, deep=True)
     first.options.voice.dataset_key = _dataset(line, "tr-good-1", audio)
     second = bad.model_copy(update={"job_id": "tr-good-2", "event_id": "e2"}, deep=True)
@@ -234,3 +244,58 @@ def test_whole_cover_through_four_workers(
     assert pyloudnorm.Meter(rate).integrated_loudness(samples) == pytest.approx(-14.0, abs=1.0)
     assert track.loudness_lufs == pytest.approx(-14.0, abs=1.0)
     assert set(track.timings_s) >= {"separator", "trainer", "converter", "mixer"}
+
+
+JAVA_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "java"
+
+
+def test_java_client_runs_a_job_and_gets_track_failed_for_a_malformed_event(
+    line: Pipeline, audio: dict[str, bytes], tmp_path: Path
+) -> None:
+    """clients/java's JUnit tests against this stack and these four real workers: a cover from
+    the JVM (track.ready, the track downloaded from its presigned URL) and a malformed event
+    answered by track.failed. The schemas it validates with are exported here, now."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    from tests.pipeline import SINGTOME
+
+    schemas = tmp_path / "schemas"
+    subprocess.run(
+        [SINGTOME, "schemas", "export", str(schemas)],
+        env=line.env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    song = tmp_path / "song.wav"
+    song.write_bytes(audio["song.wav"])
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    for name in ("take0.wav", "take1.wav"):
+        (voice / name).write_bytes(audio[name])
+    reports = JAVA_CLIENT / "target" / "surefire-reports"
+    shutil.rmtree(reports, ignore_errors=True)
+    env = {
+        **line.env,
+        "SINGTOME_SCHEMA_DIR": str(schemas),
+        "SINGTOME_JAVA_SONG": str(song),
+        "SINGTOME_JAVA_VOICE_DIR": str(voice),
+        "SINGTOME_CLIENT_GROUP": f"{line.prefix}java-backend",
+    }
+    # -o: scripts/setup.sh fetched every dependency and plugin beforehand.
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-o", "test"],
+        cwd=JAVA_CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    (report,) = reports.glob("TEST-*.xml")
+    suite = ET.parse(report).getroot()
+    counts = {
+        name: int(suite.get(name, "0")) for name in ("tests", "failures", "errors", "skipped")
+    }
+    assert counts == {"tests": 2, "failures": 0, "errors": 0, "skipped": 0}
