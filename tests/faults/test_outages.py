@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from schemas.events import TrackFailed
 from streams.client import publish
-from streams.stack import StackConfig, down, start_broker, start_s3, stop_service, up
+from streams.stack import broker_info, start_broker, start_s3, stop_broker, stop_service
 from streams.topics import TRACK_READY, VOCALS_SEPARATED
-from tests.pipeline import SINGTOME, Pipeline, stack_port, wait_job_in_hand
+from tests.pipeline import SINGTOME, Pipeline, wait_job_in_hand
 
 
 def test_s3_outage_is_retried_and_jobs_complete(pipeline: Pipeline) -> None:
@@ -76,37 +73,21 @@ def test_s3_outage_past_the_retry_bound_fails_retriable_and_replay_resumes(
     assert pipeline.by_job(VOCALS_SEPARATED, {event.job_id}, timeout_s=120)
 
 
-@pytest.fixture
-def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    """A second stack whose broker keeps its log in S3, so it survives a restart."""
-    cfg = StackConfig(
-        root=tmp_path_factory.mktemp("durable"),
-        kafka_port=stack_port("DURABLE_KAFKA", 25092),
-        s3_port=stack_port("DURABLE_S3", 23333),
-        bucket="singtome-durable",
-        durable_broker=True,
-    )
-    up(cfg)
-    try:
-        yield cfg
-    finally:
-        down(cfg)
+def test_broker_restart_with_jobs_in_flight_loses_nothing(pipeline: Pipeline) -> None:
+    """Apache Kafka (the session's stack) stopped and started again under four workers: its log
+    is on disk, so topics, offsets and groups are all there after the restart."""
+    assert broker_info(pipeline.stack)["kind"] == "kafka"
+    restart_with_jobs_in_flight(pipeline)
 
 
-def test_broker_restart_with_jobs_in_flight_loses_nothing(
-    durable_stack: StackConfig, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
-    line = Pipeline(durable_stack, logs=tmp_path)
-    try:
-        line.start_test_workers(env={"SINGTOME_TEST_STAGE_SLEEP_S": "0.5"})
-        events = line.songs("broker", 8)
-        publish(line.settings, *events)
-        time.sleep(3)  # some jobs are between stages now
-        stop_service(durable_stack, "broker")
-        time.sleep(5)
-        start_broker(durable_stack)
-        done = line.by_job(TRACK_READY, {e.job_id for e in events}, timeout_s=240)
-        assert set(done) == {e.job_id for e in events}, "every job completed after the restart"
-        assert all(p.poll() is None for p in line.procs), "workers reconnected by themselves"
-    finally:
-        line.stop()
+def restart_with_jobs_in_flight(line: Pipeline) -> None:
+    line.start_test_workers(env={"SINGTOME_TEST_STAGE_SLEEP_S": "0.5"})
+    events = line.songs("broker", 8)
+    publish(line.settings, *events)
+    time.sleep(3)  # some jobs are between stages now
+    stop_broker(line.stack)
+    time.sleep(5)
+    start_broker(line.stack)
+    done = line.by_job(TRACK_READY, {e.job_id for e in events}, timeout_s=240)
+    assert set(done) == {e.job_id for e in events}, "every job completed after the restart"
+    assert all(p.poll() is None for p in line.procs), "workers reconnected by themselves"
