@@ -256,7 +256,9 @@ class SongUploaded(StageInput):
 
 class VocalsSeparated(StageInput):
     topic: ClassVar[str] = "vocals.separated"
-    requires_voice: ClassVar[bool] = True  # the trainer trains it or checks it
+    # the stems the converter and the mixer read later, and the voice the trainer trains or checks
+    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment")
+    requires_voice: ClassVar[bool] = True
     sample_rate: int
     duration_s: float
     separator_model: str
@@ -265,7 +267,8 @@ class VocalsSeparated(StageInput):
 
 class VoiceTrained(StageInput):
     topic: ClassVar[str] = "voice.trained"
-    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "voice_model")  # the converter's input
+    # the converter's input, and the accompaniment it carries on to the mixer
+    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment", "voice_model")
     voice_kind: Literal["rvc", "world"] = Field(
         description="'rvc': an RVC model; 'world': the no-weights WORLD fallback voice profile."
     )

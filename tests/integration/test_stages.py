@@ -134,7 +134,7 @@ def test_trainer_empty_dataset_fails_then_trains_and_reuses(
     _put(line, "uploads/tr-bad/voice/readme.txt", b"no audio here")
     bad = VocalsSeparated(
         job_id="tr-bad",
-        keys=ObjectKeys(song="s", vocals="v"),
+        keys=ObjectKeys(song="s", vocals="v", accompaniment="a"),
         options=_voice("tr-bad"),
         sample_rate=SR,
         duration_s=1.0,
@@ -167,14 +167,18 @@ def test_converter_silent_vocals_fail_then_converts(
         job_id="cv-bad",
         voice_kind="world",
         keys=ObjectKeys(
-            vocals=_put(line, "uploads/cv-bad/v.wav", silent.getvalue()), voice_model=profile
+            vocals=_put(line, "uploads/cv-bad/v.wav", silent.getvalue()),
+            accompaniment="stems/cv/accompaniment.flac",  # carried on to the mixer
+            voice_model=profile,
         ),
     )
     good = VoiceTrained(
         job_id="cv-good",
         voice_kind="world",
         keys=ObjectKeys(
-            vocals=_put(line, "uploads/cv-good/v.wav", audio["vocal.wav"]), voice_model=profile
+            vocals=_put(line, "uploads/cv-good/v.wav", audio["vocal.wav"]),
+            accompaniment="stems/cv/accompaniment.flac",
+            voice_model=profile,
         ),
     )
     publish(line.settings, bad, good)

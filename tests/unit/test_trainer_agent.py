@@ -50,7 +50,7 @@ def _event(store: LocalStore, job: str, files: dict[str, bytes]) -> VocalsSepara
         store.put_bytes(f"uploads/{job}/voice/{name}", data)
     return VocalsSeparated(
         job_id=job,
-        keys=ObjectKeys(song="s", vocals="v"),
+        keys=ObjectKeys(song="s", vocals="v", accompaniment="a"),
         options=JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job}/voice/")),
         sample_rate=SR,
         duration_s=1.0,
