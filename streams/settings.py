@@ -17,8 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CACHE_HOME = Path.home() / ".cache" / "singtome"
 
-# The brokers `singtome stack up` can run locally (streams/stack.py).
+# The brokers `singtome stack up` can run locally (streams/stack.py), the default, and where
+# scripts/setup.sh puts Apache Kafka's jars.
 BrokerKind = Literal["kafka", "tansu"]
+DEFAULT_STACK_BROKER: BrokerKind = "kafka"
+KAFKA_DIR = CACHE_HOME / "kafka"
 
 
 class Settings(BaseSettings):
@@ -142,12 +145,12 @@ class Settings(BaseSettings):
         CACHE_HOME / "stack", description="Data and logs of `singtome stack up`."
     )
     stack_broker: BrokerKind = Field(
-        "kafka",
+        DEFAULT_STACK_BROKER,
         description="Broker of `singtome stack up` and the tests: 'kafka' (Apache Kafka, KRaft, "
         "the production broker; needs a JVM) or 'tansu' (starts in under a second, no JVM).",
     )
     kafka_dir: Path = Field(
-        CACHE_HOME / "kafka",
+        KAFKA_DIR,
         description="Where scripts/setup.sh puts Apache Kafka's jars for the local stack.",
     )
     kafka_port: int = 19092

