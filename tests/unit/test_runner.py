@@ -46,7 +46,9 @@ def _separated(event: Event, ctx: StageContext) -> Event:
     ctx.store.put_bytes("stems/x/vocals.flac", ctx.store.get_bytes(event.keys.song or ""))
     return event.follow(
         VocalsSeparated,
-        keys=event.keys.model_copy(update={"vocals": "stems/x/vocals.flac"}),
+        keys=event.keys.model_copy(
+            update={"vocals": "stems/x/vocals.flac", "accompaniment": "stems/x/accompaniment.flac"}
+        ),
         sample_rate=44100,
         duration_s=1.0,
         separator_model="test",

@@ -47,10 +47,14 @@ def test_follow_carries_envelope_with_a_new_id() -> None:
         job_id="job-1", keys=ObjectKeys(song="s.wav"), options=JobOptions(voice=VOICE)
     )
     nxt = event.follow(
-        VocalsSeparated, sample_rate=44100, duration_s=2.0, separator_model="spleeter"
+        VocalsSeparated,
+        keys=event.keys.model_copy(update={"vocals": "v.flac", "accompaniment": "a.flac"}),
+        sample_rate=44100,
+        duration_s=2.0,
+        separator_model="spleeter",
     )
     assert nxt.job_id == event.job_id and nxt.options == event.options
-    assert nxt.keys.song == "s.wav"
+    assert nxt.keys.song == "s.wav" and nxt.keys.vocals == "v.flac"
     assert nxt.event_id != event.event_id
     assert nxt.occurred_at >= event.occurred_at
 

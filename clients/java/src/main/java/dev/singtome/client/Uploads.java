@@ -6,7 +6,12 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.stream.Stream;
+import software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider;
+import software.amazon.awssdk.core.checksums.RequestChecksumCalculation;
+import software.amazon.awssdk.core.checksums.ResponseChecksumValidation;
 import software.amazon.awssdk.core.sync.RequestBody;
+import software.amazon.awssdk.http.urlconnection.UrlConnectionHttpClient;
+import software.amazon.awssdk.regions.Region;
 import software.amazon.awssdk.services.s3.S3Client;
 
 /**
@@ -16,6 +21,24 @@ import software.amazon.awssdk.services.s3.S3Client;
 public final class Uploads {
     private final S3Client s3;
     private final String bucket;
+
+    /**
+     * An S3 client for the configured bucket: Amazon S3 through the default credential chain, or
+     * the S3 server {@code AWS_ENDPOINT_URL_S3} names (path-style addressing, and checksums only
+     * where S3 requires them: S3-compatible servers reject some of the SDK's newer default ones).
+     */
+    public static S3Client s3Client(SingtomeConfig config) {
+        var builder = S3Client.builder()
+                .httpClient(UrlConnectionHttpClient.create())
+                .region(Region.of(config.region()))
+                .credentialsProvider(DefaultCredentialsProvider.builder().build());
+        config.s3Endpoint().ifPresent(endpoint -> builder
+                .endpointOverride(endpoint)
+                .forcePathStyle(true)
+                .requestChecksumCalculation(RequestChecksumCalculation.WHEN_REQUIRED)
+                .responseChecksumValidation(ResponseChecksumValidation.WHEN_REQUIRED));
+        return builder.build();
+    }
 
     public Uploads(S3Client s3, String bucket) {
         this.s3 = s3;

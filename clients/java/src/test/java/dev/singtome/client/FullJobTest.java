@@ -22,9 +22,6 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.condition.EnabledIfEnvironmentVariable;
-import software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider;
-import software.amazon.awssdk.http.urlconnection.UrlConnectionHttpClient;
-import software.amazon.awssdk.regions.Region;
 import software.amazon.awssdk.services.s3.S3Client;
 
 /**
@@ -47,12 +44,7 @@ class FullJobTest {
     static void connect() {
         config = SingtomeConfig.fromEnv();
         schemas = new EventSchemas(config.schemaDir(), JSON);
-        var builder = S3Client.builder()
-                .httpClient(UrlConnectionHttpClient.create())
-                .region(Region.of(config.region()))
-                .credentialsProvider(DefaultCredentialsProvider.builder().build());
-        config.s3Endpoint().ifPresent(endpoint -> builder.endpointOverride(endpoint).forcePathStyle(true));
-        s3 = builder.build();
+        s3 = Uploads.s3Client(config);
         uploads = new Uploads(s3, config.bucket());
         client = new SingtomeClient(config, schemas, JSON);
     }
