@@ -25,7 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pipeline import summary
-from schemas.events import ObjectKeys, SongUploaded, TrackReady
+from schemas.events import JobOptions, ObjectKeys, SongUploaded, TrackReady, VoiceOptions
 from streams.client import publish_raw_async
 from streams.logging import configure_logging
 from streams.settings import CACHE_HOME
@@ -74,7 +74,11 @@ def main() -> None:
                 job_id = f"soak-{i:05d}"
                 key = f"uploads/{job_id}/song.wav"
                 line.store.put_bytes(key, job_id.encode())
-                event = SongUploaded(job_id=job_id, keys=ObjectKeys(song=key))
+                event = SongUploaded(
+                    job_id=job_id,
+                    keys=ObjectKeys(song=key),
+                    options=JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job_id}/voice/")),
+                )
                 messages.append((job_id.encode(), event.model_dump_json().encode()))
             for i in range(args.poison):
                 messages.append((f"poison-{i}".encode(), b"\x00 not an event %d" % i))

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 SCHEMA_VERSION = "1.0"
@@ -122,7 +123,18 @@ class SeparatorOptions(_Model):
     )
 
 
+def _index_needs_model_schema(schema: dict[str, Any]) -> None:
+    # The JSON Schema twin of _index_needs_model below: an index_key needs a model_key.
+    schema["if"] = {"properties": {"index_key": {"type": "string"}}, "required": ["index_key"]}
+    schema["then"] = {
+        "properties": {"model_key": {"type": "string", "minLength": 1}},
+        "required": ["model_key"],
+    }
+
+
 class VoiceOptions(_Model):
+    model_config = ConfigDict(json_schema_extra=_index_needs_model_schema)
+
     dataset_key: str | None = Field(
         None,
         description="S3 prefix holding the person's voice recordings (any common format), "
@@ -271,27 +283,89 @@ class Event(_Model):
         return cls.model_validate(base)
 
 
-class SongUploaded(Event):
+def _requirements_schema(schema: dict[str, Any], cls: type[StageInput]) -> None:
+    # What StageInput._check_requirements refuses, stated in the exported JSON Schema, so that an
+    # event the schema accepts is never refused for a missing field.
+    text = {"type": "string", "minLength": 1}
+    parts: list[dict[str, Any]] = []
+    required = set(schema.get("required", []))
+    if cls.required_keys:
+        required.add("keys")
+        parts.append(
+            {
+                "properties": {
+                    "keys": {
+                        "required": list(cls.required_keys),
+                        "properties": dict.fromkeys(cls.required_keys, text),
+                    }
+                }
+            }
+        )
+    if cls.requires_voice:
+        required.add("options")
+        voice = {
+            "anyOf": [
+                {"required": ["dataset_key"], "properties": {"dataset_key": text}},
+                {"required": ["model_key"], "properties": {"model_key": text}},
+            ]
+        }
+        parts.append(
+            {"properties": {"options": {"required": ["voice"], "properties": {"voice": voice}}}}
+        )
+    schema["required"] = sorted(required)
+    if parts:
+        schema["allOf"] = parts
+
+
+class StageInput(Event):
+    """An event a stage consumes. What the stage needs of it is declared once, here: checked when
+    the event is read (a missing one is ``malformed_event``) and stated in the exported schema."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ()  # ObjectKeys fields that must be set
+    requires_voice: ClassVar[bool] = False  # options.voice.dataset_key or model_key
+
+    model_config = ConfigDict(json_schema_extra=_requirements_schema)  # type: ignore[typeddict-item]
+
+    @model_validator(mode="after")
+    def _check_requirements(self) -> StageInput:
+        for name in self.required_keys:
+            if not getattr(self.keys, name):
+                raise ValueError(f"keys.{name} is required by the stage that reads {self.topic}")
+        voice = self.options.voice
+        if self.requires_voice and not (voice.dataset_key or voice.model_key):
+            raise ValueError(
+                "a voice is required: options.voice.dataset_key (an S3 prefix of recordings) "
+                "or options.voice.model_key (an RVC model)"
+            )
+        return self
+
+
+class SongUploaded(StageInput):
+    """A song to cover and the voice to cover it in: what a backend publishes to start a job.
+    Required besides the envelope: ``keys.song`` (the S3 key of the uploaded song) and a voice,
+    ``options.voice.dataset_key`` (an S3 prefix of recordings) or ``options.voice.model_key``
+    (an existing RVC model)."""
+
     topic: ClassVar[str] = "song.uploaded"
-
-    @field_validator("keys")
-    @classmethod
-    def _needs_song(cls, keys: ObjectKeys) -> ObjectKeys:
-        if not keys.song:
-            raise ValueError("keys.song is required: the S3 key of the uploaded song")
-        return keys
+    required_keys: ClassVar[tuple[str, ...]] = ("song",)
+    requires_voice: ClassVar[bool] = True
 
 
-class VocalsSeparated(Event):
+class VocalsSeparated(StageInput):
     topic: ClassVar[str] = "vocals.separated"
+    # the stems the converter and the mixer read later, and the voice the trainer trains or checks
+    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment")
+    requires_voice: ClassVar[bool] = True
     sample_rate: int
     duration_s: float
     separator_model: str
     cache_hit: bool = False
 
 
-class VoiceTrained(Event):
+class VoiceTrained(StageInput):
     topic: ClassVar[str] = "voice.trained"
+    # the converter's input, and the accompaniment it carries on to the mixer
+    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment", "voice_model")
     voice_kind: Literal["rvc", "world"] = Field(
         description="'rvc': an RVC model; 'world': the no-weights WORLD fallback voice profile."
     )
@@ -299,8 +373,9 @@ class VoiceTrained(Event):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
-class VocalsConverted(Event):
+class VocalsConverted(StageInput):
     topic: ClassVar[str] = "vocals.converted"
+    required_keys: ClassVar[tuple[str, ...]] = ("converted_vocals", "accompaniment")  # the mix
     backend: Literal["rvc", "world"]
     sample_rate: int
     duration_s: float
@@ -531,7 +606,7 @@ def decode(
             job_id,
         )
     try:
-        return cls.model_validate(data)
+        event = cls.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         problems = "; ".join(f"{_field_path(err['loc'])}: {err['msg']}" for err in errors[:8])
@@ -544,6 +619,16 @@ def decode(
         raise EventDecodeError(
             "malformed_event", f"invalid {cls.topic} event: {type(exc).__name__}", job_id
         ) from None
+    # The exported JSON Schema is the contract: what it refuses is refused here too (pydantic
+    # alone would also take e.g. "20" for an integer).
+    from schemas.export import contract_violations
+
+    violations = contract_violations(cls.topic, data)
+    if violations:
+        raise EventDecodeError(
+            "malformed_event", f"invalid {cls.topic} event: {'; '.join(violations)}", job_id
+        )
+    return event
 
 
 def encode(event: Event) -> bytes:

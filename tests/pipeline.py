@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.events import BY_TOPIC, Event, ObjectKeys, SongUploaded
+from schemas.events import BY_TOPIC, Event, JobOptions, ObjectKeys, SongUploaded, VoiceOptions
 from streams.admin import create_topics
-from streams.settings import CACHE_HOME, Settings
+from streams.settings import CACHE_HOME, BrokerKind, Settings
 from streams.stack import StackConfig, down, up
 from streams.store import S3Store
 from streams.topics import physical
@@ -47,8 +47,11 @@ def stack_port(name: str, default: int) -> int:
 
 
 @contextlib.contextmanager
-def local_stack(root: Path = TEST_STACK_ROOT) -> Iterator[StackConfig]:
-    """The real broker + S3 server on test ports (env SINGTOME_TEST_KAFKA_PORT / _S3_PORT).
+def local_stack(
+    root: Path = TEST_STACK_ROOT, broker: BrokerKind = "kafka"
+) -> Iterator[StackConfig]:
+    """The real broker (Apache Kafka unless told) + S3 server on test ports (env
+    SINGTOME_TEST_KAFKA_PORT / _S3_PORT).
 
     The folder is fixed, so a run that was killed leaves PID files the next run uses to stop
     what it left behind; its data is wiped for a clean start.
@@ -58,6 +61,7 @@ def local_stack(root: Path = TEST_STACK_ROOT) -> Iterator[StackConfig]:
         kafka_port=stack_port("KAFKA", 29092),
         s3_port=stack_port("S3", 28333),
         bucket="singtome-test",
+        broker=broker,
     )
     down(cfg)
     shutil.rmtree(root, ignore_errors=True)
@@ -86,6 +90,11 @@ class Pipeline:
             **self.stack.env(),
             "SINGTOME_TOPIC_PREFIX": self.prefix,
             "SINGTOME_RETRY_BACKOFF_S": "0.2",
+            # Detect a killed worker in seconds, not the production 45 s (the guarantees do not
+            # depend on it, only how long the kill -9 tests wait).
+            "SINGTOME_SESSION_TIMEOUT_S": "10",
+            "SINGTOME_HEARTBEAT_INTERVAL_S": "1",
+            "SINGTOME_REBALANCE_TIMEOUT_S": "20",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
@@ -203,7 +212,14 @@ class Pipeline:
             job_id = f"{tag}-{i:04d}"
             key = f"uploads/{job_id}/song.wav"
             self.store.put_bytes(key, f"song {job_id}".encode())
-            events.append(SongUploaded(job_id=job_id, keys=ObjectKeys(song=key)))
+            voice = VoiceOptions(
+                dataset_key=f"uploads/{job_id}/voice/"
+            )  # the test stages ignore it
+            events.append(
+                SongUploaded(
+                    job_id=job_id, keys=ObjectKeys(song=key), options=JobOptions(voice=voice)
+                )
+            )
         return events
 
     def count(self, prefix: str) -> int:
@@ -316,16 +332,15 @@ async def read_topic(
 
 
 async def read_records(settings: Settings, topic: str, until: int, timeout_s: float) -> list[Any]:
-    """Every record (key, value, headers, timestamp...) of a topic, from offset 0.
-
-    Read with manual assignment, stopping at the consumer's highwater. (The local broker's
-    ListOffsets(latest) is wrong for multi-record batches, so the end is taken from the fetch
-    responses' highwater, as the consumer sees it.)
-    """
+    """Every record (key, value, headers, timestamp...) of a topic: read with manual assignment
+    from offset 0 up to the end offsets the broker reports (ListOffsets, ``end_offsets()``),
+    once at least ``until`` messages are there."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.admin import kafka_client_kwargs
+    from streams.client import partitions_of
 
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
     consumer = AIOKafkaConsumer(
         **kafka_client_kwargs(settings),
         enable_auto_commit=False,
@@ -334,23 +349,25 @@ async def read_records(settings: Settings, topic: str, until: int, timeout_s: fl
     await consumer.start()
     messages: list[Any] = []
     try:
-        await consumer.topics()  # refreshes the metadata
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, 0)
+        if partitions:
+            consumer.assign(partitions)
+            for tp in partitions:
+                consumer.seek(tp, 0)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                messages.extend(records)
+            if partitions:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    messages.extend(records)
+            ends = await consumer.end_offsets(partitions) if partitions else {}
             caught_up = True
             for tp in partitions:
-                highwater = consumer.highwater(tp)
-                if highwater is None or await consumer.position(tp) < highwater:
+                if await consumer.position(tp) < ends[tp]:
                     caught_up = False
             if len(messages) >= until and caught_up:
                 break
+            if not partitions:
+                await asyncio.sleep(0.5)
     finally:
         await consumer.stop()
     return messages

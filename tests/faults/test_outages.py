@@ -7,13 +7,13 @@ import time
 
 from schemas.events import TrackFailed
 from streams.client import publish
-from streams.stack import start_broker, stop_service
+from streams.stack import broker_info, start_broker, stop_broker
 from streams.topics import TRACK_READY, VOCALS_SEPARATED
 from tests.pipeline import SINGTOME, Pipeline, TcpProxy, health, wait_job_in_hand
 
-# The workers reach S3 through a proxy the tests cut: an S3 outage as the workers see it. (The
-# local broker keeps its own log in the same S3 server; stopping that server would stop the broker
-# as well, which production's separate S3 and Kafka do not do.)
+# The workers reach S3 through a proxy the tests cut: an S3 outage as the workers see it. (tansu
+# keeps its own log in the same S3 server, so stopping that server would stop the broker as well,
+# which production's separate S3 and Kafka do not do.)
 
 
 def test_s3_outage_is_retried_and_jobs_complete(pipeline: Pipeline) -> None:
@@ -90,15 +90,18 @@ def test_s3_outage_past_the_retry_bound_fails_retriable_and_replay_resumes(
 
 
 def test_broker_restart_with_jobs_in_flight_loses_nothing(pipeline: Pipeline) -> None:
-    # The session's stack runs the broker as `singtome stack up` does by default: its log,
-    # topics and consumer groups in the S3 server, so they outlive the broker process.
-    stack = pipeline.stack
-    assert stack.durable_broker, "the default stack keeps the broker's log"
-    ports = pipeline.start_test_workers(env={"SINGTOME_TEST_STAGE_SLEEP_S": "0.5"})
-    events = pipeline.songs("broker", 8)
-    publish(pipeline.settings, *events)
+    """Apache Kafka (the session's stack) stopped and started again under four workers: its log
+    is on disk, so topics, offsets and groups are all there after the restart."""
+    assert broker_info(pipeline.stack)["kind"] == "kafka"
+    restart_with_jobs_in_flight(pipeline)
+
+
+def restart_with_jobs_in_flight(line: Pipeline) -> None:
+    ports = line.start_test_workers(env={"SINGTOME_TEST_STAGE_SLEEP_S": "0.5"})
+    events = line.songs("broker", 8)
+    publish(line.settings, *events)
     time.sleep(3)  # some jobs are between stages now
-    stop_service(stack, "broker")
+    stop_broker(line.stack)
     try:
         # /health says what is true: nobody is consuming while the broker is away.
         deadline = time.monotonic() + 30
@@ -109,9 +112,9 @@ def test_broker_restart_with_jobs_in_flight_loses_nothing(pipeline: Pipeline) ->
         else:
             raise AssertionError("a worker reported ready while the broker was away")
     finally:
-        start_broker(stack)
-    done = pipeline.by_job(TRACK_READY, {e.job_id for e in events}, timeout_s=240)
+        start_broker(line.stack)
+    done = line.by_job(TRACK_READY, {e.job_id for e in events}, timeout_s=240)
     assert set(done) == {e.job_id for e in events}, "every job completed after the restart"
-    assert all(p.poll() is None for p in pipeline.procs), "workers reconnected by themselves"
+    assert all(p.poll() is None for p in line.procs), "workers reconnected by themselves"
     for stage, port in ports.items():
-        pipeline.wait_ready(pipeline.procs[list(ports).index(stage)], port, timeout_s=60)
+        line.wait_ready(line.procs[list(ports).index(stage)], port, timeout_s=60)

@@ -119,13 +119,31 @@ def test_duplicate_storm_gives_identical_outputs_and_counts_duplicates(pipeline:
     events = pipeline.songs("storm", 10)
     for _ in range(3):
         publish(pipeline.settings, *events)
-    answers = pipeline.events(VOCALS_SEPARATED, until=30, timeout_s=180)
-    assert len(answers) == 30
+    deadline = time.monotonic() + 180
+    while True:  # every copy answered (a redelivered one may add an answer), both workers idle
+        answers = pipeline.events(VOCALS_SEPARATED, until=30, timeout_s=60)
+        per_job = {e.job_id: sum(a.job_id == e.job_id for a in answers) for e in events}
+        idle = all(health(port).get("job_in_hand") is None for port in ports)
+        if (min(per_job.values()) >= 3 and idle) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert min(per_job.values()) >= 3, per_job
+    # Each copy is delivered at least once; a rebalance while the second worker settles in may
+    # deliver one again (at least once). Every delivery after a job's first is a duplicate, and
+    # every duplicate is counted: in S3, in the logs and in the metrics.
+    deliveries: dict[str, int] = {}
+    for proc in pipeline.procs:
+        for line in proc.log_path.read_text().splitlines():  # type: ignore[attr-defined]
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("event") == "stage started":
+                deliveries[record["job_id"]] = deliveries.get(record["job_id"], 0) + 1
     for event in events:
         mine = [a for a in answers if a.job_id == event.job_id]
         assert len({a.keys.vocals for a in mine}) == 1, "every answer names the same stem"
         assert _computed(pipeline, event.job_id) == 1, "computed once"
-        assert pipeline.count(f"jobs/{event.job_id}/duplicates/separator/") == 2
+        assert deliveries[event.job_id] >= 3
+        recorded = pipeline.count(f"jobs/{event.job_id}/duplicates/separator/")
+        assert recorded == deliveries[event.job_id] - 1, "every redelivery is recorded"
     stems = {a.keys.vocals for a in answers}
     assert len(stems) == 10
     for key in stems:
@@ -136,4 +154,4 @@ def test_duplicate_storm_gives_identical_outputs_and_counts_duplicates(pipeline:
             for line in response.read().decode().splitlines():
                 if line.startswith('singtome_duplicate_deliveries_total{stage="separator"}'):
                     counted += float(line.split()[-1])
-    assert counted == 20
+    assert counted == sum(deliveries.values()) - len(events)

@@ -9,7 +9,14 @@ import subprocess
 import time
 import urllib.request
 
-from schemas.events import ObjectKeys, SongUploaded, TrackFailed, TrackReady
+from schemas.events import (
+    JobOptions,
+    ObjectKeys,
+    SongUploaded,
+    TrackFailed,
+    TrackReady,
+    VoiceOptions,
+)
 from streams.client import publish, publish_raw_async
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, TRACK_READY, dlq
 from tests.pipeline import SINGTOME, Pipeline, health, wait_job_in_hand
@@ -75,10 +82,16 @@ def test_twenty_jobs_through_four_worker_processes(pipeline: Pipeline) -> None:
 
 def test_bad_events_fail_with_codes_and_dlq_while_good_ones_complete(pipeline: Pipeline) -> None:
     pipeline.start_test_workers()
-    good = SongUploaded(job_id="bad-v", keys=ObjectKeys(song="x")).model_dump(mode="json")
+    good = SongUploaded(
+        job_id="bad-v",
+        keys=ObjectKeys(song="x"),
+        options=JobOptions(voice=VoiceOptions(dataset_key="uploads/bad-v/voice/")),
+    ).model_dump(mode="json")
     unknown_version = {**good, "job_id": "bad-version", "schema_version": "2.0"}
     missing = SongUploaded(
-        job_id="bad-missing", keys=ObjectKeys(song="uploads/bad-missing/nothing-here.wav")
+        job_id="bad-missing",
+        keys=ObjectKeys(song="uploads/bad-missing/nothing-here.wav"),
+        options=JobOptions(voice=VoiceOptions(dataset_key="uploads/bad-missing/voice/")),
     )
     import asyncio
 

@@ -9,6 +9,7 @@ runs a whole cover through all four.
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from schemas.events import (
     TrackReady,
     VocalsConverted,
     VocalsSeparated,
+    VoiceOptions,
     VoiceTrained,
 )
 from streams import demo_audio as audio_synth
@@ -81,6 +83,15 @@ def _dataset(line: Pipeline, job: str, audio: dict[str, bytes]) -> str:
     return prefix
 
 
+# A stem the converter carries on to the mixer without reading it (a key the policy allows).
+CARRIED_STEM = "stems/" + "c" * 64 + "/accompaniment.flac"
+
+
+def _voice(job: str) -> JobOptions:
+    """Options naming a voice dataset (the separator's tests end before the trainer reads it)."""
+    return JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job}/voice/"))
+
+
 def _failures(line: Pipeline, *job_ids: str) -> dict[str, TrackFailed]:
     return line.by_job("track.failed", set(job_ids))  # type: ignore[return-value]
 
@@ -91,14 +102,17 @@ def test_separator_bad_song_a_cappella_and_good_song(
     bad = SongUploaded(
         job_id="sep-bad",
         keys=ObjectKeys(song=_put(line, "uploads/sep-bad/song.mp3", b"<html>not audio</html>")),
+        options=_voice("sep-bad"),
     )
     good = SongUploaded(
         job_id="sep-good",
         keys=ObjectKeys(song=_put(line, "uploads/sep-good/song.wav", audio["song.wav"])),
+        options=_voice("sep-good"),
     )
     bare = SongUploaded(
         job_id="sep-bare",
         keys=ObjectKeys(song=_put(line, "uploads/sep-bare/song.wav", audio["vocal.wav"])),
+        options=_voice("sep-bare"),
     )
     bare.options.separator.skip = True
     publish(line.settings, bad, good, bare)
@@ -128,14 +142,18 @@ def test_trainer_empty_dataset_fails_then_trains_and_reuses(
         own = f"uploads/{job_id}"
         return VocalsSeparated(
             job_id=job_id,
-            keys=ObjectKeys(song=f"{own}/song.wav", vocals=f"{own}/vocals.wav"),
+            keys=ObjectKeys(
+                song=f"{own}/song.wav",
+                vocals=f"{own}/vocals.wav",
+                accompaniment=f"{own}/accompaniment.wav",
+            ),
+            options=_voice(job_id),
             sample_rate=SR,
             duration_s=1.0,
             separator_model="x",
         )
 
     bad = separated("tr-bad")
-    bad.options.voice.dataset_key = "uploads/tr-bad/voice/"
     first = separated("tr-good-1")
     first.options.voice.dataset_key = _dataset(line, "tr-good-1", audio)
     second = separated("tr-good-2")
@@ -163,14 +181,18 @@ def test_converter_silent_vocals_fail_then_converts(
         job_id="cv-bad",
         voice_kind="world",
         keys=ObjectKeys(
-            vocals=_put(line, "uploads/cv-bad/v.wav", silent.getvalue()), voice_model=profile
+            vocals=_put(line, "uploads/cv-bad/v.wav", silent.getvalue()),
+            accompaniment=CARRIED_STEM,  # carried on to the mixer
+            voice_model=profile,
         ),
     )
     good = VoiceTrained(
         job_id="cv-good",
         voice_kind="world",
         keys=ObjectKeys(
-            vocals=_put(line, "uploads/cv-good/v.wav", audio["vocal.wav"]), voice_model=profile
+            vocals=_put(line, "uploads/cv-good/v.wav", audio["vocal.wav"]),
+            accompaniment=CARRIED_STEM,
+            voice_model=profile,
         ),
     )
     publish(line.settings, bad, good)
@@ -244,3 +266,58 @@ def test_whole_cover_through_four_workers(
     assert pyloudnorm.Meter(rate).integrated_loudness(samples) == pytest.approx(-14.0, abs=1.0)
     assert track.loudness_lufs == pytest.approx(-14.0, abs=1.0)
     assert set(track.timings_s) >= {"separator", "trainer", "converter", "mixer"}
+
+
+JAVA_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "java"
+
+
+def test_java_client_runs_a_job_and_gets_track_failed_for_a_malformed_event(
+    line: Pipeline, audio: dict[str, bytes], tmp_path: Path
+) -> None:
+    """clients/java's JUnit tests against this stack and these four real workers: a cover from
+    the JVM (track.ready, the track downloaded from its presigned URL) and a malformed event
+    answered by track.failed. The schemas it validates with are exported here, now."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    from tests.pipeline import SINGTOME
+
+    schemas = tmp_path / "schemas"
+    subprocess.run(
+        [SINGTOME, "schemas", "export", str(schemas)],
+        env=line.env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    song = tmp_path / "song.wav"
+    song.write_bytes(audio["song.wav"])
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    for name in ("take0.wav", "take1.wav"):
+        (voice / name).write_bytes(audio[name])
+    reports = JAVA_CLIENT / "target" / "surefire-reports"
+    shutil.rmtree(reports, ignore_errors=True)
+    env = {
+        **line.env,
+        "SINGTOME_SCHEMA_DIR": str(schemas),
+        "SINGTOME_JAVA_SONG": str(song),
+        "SINGTOME_JAVA_VOICE_DIR": str(voice),
+        "SINGTOME_CLIENT_GROUP": f"{line.prefix}java-backend",
+    }
+    # -o: scripts/setup.sh fetched every dependency and plugin beforehand.
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-o", "test"],
+        cwd=JAVA_CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    (report,) = reports.glob("TEST-*.xml")
+    suite = ET.parse(report).getroot()
+    counts = {
+        name: int(suite.get(name, "0")) for name in ("tests", "failures", "errors", "skipped")
+    }
+    assert counts == {"tests": 2, "failures": 0, "errors": 0, "skipped": 0}

@@ -163,7 +163,11 @@ def _voice_trained(store: LocalStore, voices: dict[str, Path], vocals: Path) -> 
     return VoiceTrained(
         job_id="job-1",
         voice_kind="world",
-        keys=ObjectKeys(vocals="stems/abc/vocals.flac", voice_model="voices/def/profile.npz"),
+        keys=ObjectKeys(
+            vocals="stems/abc/vocals.flac",
+            accompaniment="stems/abc/accompaniment.flac",
+            voice_model="voices/def/profile.npz",
+        ),
     )
 
 

@@ -8,11 +8,13 @@ import pytest
 
 from schemas.events import (
     Event,
+    JobOptions,
     JobProgress,
     ObjectKeys,
     SongUploaded,
     TrackFailed,
     VocalsSeparated,
+    VoiceOptions,
     encode,
 )
 from streams.errors import StageError, TransientError
@@ -50,7 +52,9 @@ def _separated(event: Event, ctx: StageContext) -> Event:
     ctx.store.put_bytes("stems/x/vocals.flac", ctx.store.get_bytes(event.keys.song or ""))
     return event.follow(
         VocalsSeparated,
-        keys=event.keys.model_copy(update={"vocals": "stems/x/vocals.flac"}),
+        keys=event.keys.model_copy(
+            update={"vocals": "stems/x/vocals.flac", "accompaniment": "stems/x/accompaniment.flac"}
+        ),
         sample_rate=44100,
         duration_s=1.0,
         separator_model="test",
@@ -76,7 +80,11 @@ def _runner(tmp_path: Path, handler, **settings: object) -> tuple[Runner, ListEm
 
 def _event(store: LocalStore, job_id: str = "job-1") -> SongUploaded:
     store.put_bytes(f"uploads/{job_id}/song.wav", b"audio")
-    return SongUploaded(job_id=job_id, keys=ObjectKeys(song=f"uploads/{job_id}/song.wav"))
+    return SongUploaded(
+        job_id=job_id,
+        keys=ObjectKeys(song=f"uploads/{job_id}/song.wav"),
+        options=JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job_id}/voice/")),
+    )
 
 
 def test_good_event_is_answered_with_history_and_state(tmp_path: Path) -> None:
@@ -155,7 +163,11 @@ def test_stage_errors_and_crashes_become_track_failed(tmp_path: Path) -> None:
         (_separated, "missing_object"),
     ):
         runner, emitter = _runner(tmp_path, handler)
-        event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/job-2/none.wav"))
+        event = SongUploaded(
+            job_id="job-2",
+            keys=ObjectKeys(song="uploads/job-2/none.wav"),
+            options=JobOptions(voice=VoiceOptions(dataset_key="uploads/job-2/voice/")),
+        )
         outcome = asyncio.run(runner.process(encode(event)))
         assert outcome.failure and outcome.failure.code == code
         assert outcome.failure.source_event_id == event.event_id

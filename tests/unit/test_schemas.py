@@ -7,11 +7,13 @@ import pytest
 from schemas.events import (
     BY_TOPIC,
     EventDecodeError,
+    JobOptions,
     JobProgress,
     ObjectKeys,
     SongUploaded,
     TrackFailed,
     VocalsSeparated,
+    VoiceOptions,
     decode,
     encode,
     follow_event_id,
@@ -19,14 +21,24 @@ from schemas.events import (
 )
 from schemas.export import asyncapi_document, export
 
+VOICE = VoiceOptions(dataset_key="uploads/job-1/voice/")
+
 
 def _song(**overrides: object) -> dict[str, object]:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="uploads/job-1/song.wav"))
+    event = SongUploaded(
+        job_id="job-1",
+        keys=ObjectKeys(song="uploads/job-1/song.wav"),
+        options=JobOptions(voice=VOICE),
+    )
     return {**json.loads(encode(event)), **overrides}
 
 
 def test_round_trip_keeps_every_field() -> None:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="uploads/job-1/song.wav"))
+    event = SongUploaded(
+        job_id="job-1",
+        keys=ObjectKeys(song="uploads/job-1/song.wav"),
+        options=JobOptions(voice=VOICE),
+    )
     event.options.conversion.f0_up_key = 3
     again = decode(SongUploaded, encode(event))
     assert again == event
@@ -34,12 +46,18 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_follow_carries_envelope_with_a_new_id() -> None:
-    event = SongUploaded(job_id="job-1", keys=ObjectKeys(song="s.wav"))
+    event = SongUploaded(
+        job_id="job-1", keys=ObjectKeys(song="s.wav"), options=JobOptions(voice=VOICE)
+    )
     nxt = event.follow(
-        VocalsSeparated, sample_rate=44100, duration_s=2.0, separator_model="spleeter"
+        VocalsSeparated,
+        keys=event.keys.model_copy(update={"vocals": "v.flac", "accompaniment": "a.flac"}),
+        sample_rate=44100,
+        duration_s=2.0,
+        separator_model="spleeter",
     )
     assert nxt.job_id == event.job_id and nxt.options == event.options
-    assert nxt.keys.song == "s.wav"
+    assert nxt.keys.song == "s.wav" and nxt.keys.vocals == "v.flac"
     assert nxt.event_id != event.event_id
     assert nxt.occurred_at >= event.occurred_at
 

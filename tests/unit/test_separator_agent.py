@@ -13,7 +13,14 @@ from agents.separator import agent
 from agents.separator.backends.spleeter import SpleeterBackend
 from agents.separator.cli import separate_command
 from agents.separator.stage import SeparationParams
-from schemas.events import JobOptions, ObjectKeys, SeparatorOptions, SongUploaded, VocalsSeparated
+from schemas.events import (
+    JobOptions,
+    ObjectKeys,
+    SeparatorOptions,
+    SongUploaded,
+    VocalsSeparated,
+    VoiceOptions,
+)
 from streams import demo_audio as synth
 from streams.errors import StageError
 from streams.keys import stem_key
@@ -22,6 +29,7 @@ from streams.stage import StageContext
 from streams.store import LocalStore
 
 SONG_S = 3.0
+VOICE = VoiceOptions(dataset_key="uploads/job-1/voice/")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,7 @@ def _event(**separator: object) -> SongUploaded:
     return SongUploaded(
         job_id="job-1",
         keys=ObjectKeys(song="uploads/job-1/song.mp3"),
-        options=JobOptions(separator=SeparatorOptions(**separator)),  # type: ignore[arg-type]
+        options=JobOptions(separator=SeparatorOptions(**separator), voice=VOICE),  # type: ignore[arg-type]
     )
 
 
@@ -145,7 +153,11 @@ def test_a_cappella_job(store: LocalStore, tmp_path: Path, spleeter_calls: list[
 
 
 def test_missing_song_object(store: LocalStore, tmp_path: Path) -> None:
-    event = SongUploaded(job_id="job-2", keys=ObjectKeys(song="uploads/job-2/nothing.wav"))
+    event = SongUploaded(
+        job_id="job-2",
+        keys=ObjectKeys(song="uploads/job-2/nothing.wav"),
+        options=JobOptions(voice=VOICE),
+    )
     with pytest.raises(StageError) as caught:
         agent.handle(event, _context(store, tmp_path / "w"))
     assert caught.value.code == "missing_object"
@@ -153,7 +165,11 @@ def test_missing_song_object(store: LocalStore, tmp_path: Path) -> None:
 
 def test_bad_song_fails_with_its_code(store: LocalStore, tmp_path: Path) -> None:
     store.put_bytes("uploads/job-3/song.mp3", b"not a song at all" * 100)
-    event = SongUploaded(job_id="job-3", keys=ObjectKeys(song="uploads/job-3/song.mp3"))
+    event = SongUploaded(
+        job_id="job-3",
+        keys=ObjectKeys(song="uploads/job-3/song.mp3"),
+        options=JobOptions(voice=VOICE),
+    )
     with pytest.raises(StageError) as caught:
         agent.handle(event, _context(store, tmp_path / "w"))
     assert caught.value.code == "not_audio"
@@ -175,6 +191,7 @@ def test_oversized_upload_is_refused_before_download(
 def test_karaoke_job_emits_backing_vocals_key(
     store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     class HalfAndHalf:
         def __init__(self, name: str, split: tuple[str, str]) -> None:
             self.name = name

@@ -16,7 +16,7 @@ import torch
 import agents.trainer.agent as trainer_agent
 import agents.trainer.stage as trainer_stage
 from agents.trainer.agent import handle, voice_keys
-from schemas.events import ObjectKeys, VocalsSeparated
+from schemas.events import JobOptions, ObjectKeys, VocalsSeparated, VoiceOptions
 from streams.demo_audio import speech_voice
 from streams.errors import StageError
 from streams.settings import Settings
@@ -48,15 +48,14 @@ def _ctx(tmp_path: Path, settings: Settings, store: LocalStore) -> StageContext:
 def _event(store: LocalStore, job: str, files: dict[str, bytes]) -> VocalsSeparated:
     for name, data in files.items():
         store.put_bytes(f"uploads/{job}/voice/{name}", data)
-    event = VocalsSeparated(
+    return VocalsSeparated(
         job_id=job,
-        keys=ObjectKeys(song="s", vocals="v"),
+        keys=ObjectKeys(song="s", vocals="v", accompaniment="a"),
+        options=JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{job}/voice/")),
         sample_rate=SR,
         duration_s=1.0,
         separator_model="spleeter",
     )
-    event.options.voice.dataset_key = f"uploads/{job}/voice/"
-    return event
 
 
 def _count_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
