@@ -68,9 +68,13 @@ def worker(
     """Run one stage worker: consume its topic until SIGTERM. Start more to scale."""
     if stage not in STAGE_NAMES:
         _fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+    from streams.device import DeviceUnavailable
     from streams.worker import run_worker
 
-    run_worker(stage, get_settings(), handler_spec=handler, group=group)
+    try:
+        run_worker(stage, get_settings(), handler_spec=handler, group=group)
+    except DeviceUnavailable as exc:
+        _fail(str(exc))
 
 
 @stack_app.command("up")

@@ -46,3 +46,9 @@ class Metrics:
             registry=reg,
         )
         self.busy = Gauge("singtome_busy", "1 while a job is in hand", ["stage"], registry=reg)
+        self.device = Gauge(
+            "singtome_device_info",
+            "1 for the device the stage runs on (SINGTOME_DEVICE resolved at start)",
+            ["stage", "device"],
+            registry=reg,
+        )
