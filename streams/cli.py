@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from schemas.events import TrackReady
+from streams.cli_models import models_app
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ topics_app = typer.Typer(help="The pipeline's topics on the configured broker.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
 
 STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"
@@ -164,7 +166,10 @@ def settings_markdown() -> str:
         if isinstance(default, Path):
             default = str(default).replace(str(Path.home()), "~")
         shown = "(unset)" if default is None else f"`{default}`"
-        rows.append(f"| `SINGTOME_{name.upper()}` | {shown} | {field.description or ''} |")
+        alias = field.validation_alias  # e.g. HF_ENDPOINT, read under its usual name too
+        names = [str(c) for c in alias.choices] if alias is not None else []  # type: ignore[union-attr]
+        env = " / ".join(f"`{n}`" for n in names) or f"`SINGTOME_{name.upper()}`"
+        rows.append(f"| {env} | {shown} | {field.description or ''} |")
     return "\n".join(rows)
 
 
@@ -446,8 +451,8 @@ def train(
     _quiet_logs()
     if voice_kind(settings) == "world":
         typer.secho(
-            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): learning the "
-            "WORLD fallback voice profile, not an RVC model",
+            "no HuBERT/ContentVec checkpoint (`singtome models pull`, or SINGTOME_HUBERT_PATH): "
+            "learning the WORLD fallback voice profile, not an RVC model",
             fg=typer.colors.YELLOW,
             err=True,
         )

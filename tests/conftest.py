@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +9,21 @@ import pytest
 
 from streams.stack import StackConfig
 from tests.pipeline import Pipeline
+
+# Model files: the tests never see files a developer pulled (their own model dir unless
+# SINGTOME_TEST_MODEL_DIR names one), never a manifest or endpoint from the environment, and any
+# model download that a test does not point elsewhere goes to a closed loopback port: no test
+# reaches outside this machine.
+CLOSED_LOOPBACK = "http://127.0.0.1:9"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["SINGTOME_MODEL_DIR"] = os.environ.get(
+        "SINGTOME_TEST_MODEL_DIR"
+    ) or tempfile.mkdtemp(prefix="singtome-test-models-")
+    for name in ("SINGTOME_MODEL_MANIFEST", "HF_ENDPOINT", "SINGTOME_HF_ENDPOINT"):
+        os.environ.pop(name, None)
+    os.environ["SINGTOME_MODEL_MIRROR"] = CLOSED_LOOPBACK
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
