@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from schemas.events import TrackReady
-from streams.cli_models import models_app
+from streams.cli_models import doctor, models_app
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
+app.command("doctor")(doctor)
 
 STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"

@@ -1,5 +1,5 @@
-"""`singtome models ...`: the front end of :mod:`streams.models` (commands only parse, call and
-print)."""
+"""`singtome models ...` and `singtome doctor`: the front end of :mod:`streams.models` and
+:mod:`streams.doctor` (commands only parse, call and print)."""
 
 from __future__ import annotations
 
@@ -184,4 +184,27 @@ def models_path(name: str) -> None:
             fg=typer.colors.YELLOW,
             err=True,
         )
+        raise typer.Exit(1)
+
+
+def doctor(
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(help="Stages this machine runs (repeat; default: all four)."),
+    ] = None,
+    verify_models: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Hash model files not verified yet.")
+    ] = True,
+) -> None:
+    """Check this machine: torch and device, ffmpeg, models, broker, S3, topics, disk."""
+    from streams.doctor import run_checks
+    from streams.logging import configure_logging
+
+    configure_logging("ERROR", "console")
+    colours = {"ok": typer.colors.GREEN, "warn": typer.colors.YELLOW, "fail": typer.colors.RED}
+    failed = False
+    for check in run_checks(get_settings(), stages=stage or None, verify=verify_models):
+        typer.secho(f"{check.status:<4} {check.name:<16}  {check.detail}", fg=colours[check.status])
+        failed = failed or check.status == "fail"
+    if failed:
         raise typer.Exit(1)
