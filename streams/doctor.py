@@ -10,6 +10,7 @@ fallback, topics not created yet), ``ok`` otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -230,6 +231,9 @@ def broker_checks(settings: Settings) -> tuple[Check, Check]:
     from streams.topics import all_topics, physical
 
     where = bootstrap_servers(settings)
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # the check's own line says what went wrong
     try:
         existing = asyncio.run(asyncio.wait_for(_list_topics(settings), BROKER_TIMEOUT_S))
     except Exception as exc:
@@ -240,6 +244,8 @@ def broker_checks(settings: Settings) -> tuple[Check, Check]:
             Check("broker", "fail", f"{where} unreachable: {reason}"),
             Check("topics", "warn", "not checked (no broker)"),
         )
+    finally:
+        client_log.setLevel(level)
     wanted = [physical(t, settings.topic_prefix) for t in all_topics()]
     missing = [t for t in wanted if t not in existing]
     topics = (
