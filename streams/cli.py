@@ -753,8 +753,18 @@ def demo(
         "demo-output"
     ),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the cover.")] = 1800,
+    pull: Annotated[
+        bool, typer.Option("--pull/--no-pull", help="Pull the RVC models first.")
+    ] = True,
+    pull_timeout: Annotated[
+        float, typer.Option(help="Seconds the model download may take (it resumes later).")
+    ] = 600,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs (default: 2 for RVC on the CPU).")
+    ] = None,
 ) -> None:
     """A real cover end to end: local broker + S3, one worker per stage, a generated song."""
+    from streams.cli_models import download_bars
     from streams.demo import run_demo
     from streams.logging import configure_logging
 
@@ -764,12 +774,18 @@ def demo(
     def say(line: str) -> None:
         typer.secho(line, fg=typer.colors.CYAN, err=True)
 
-    if settings.hubert_path is None:
-        say(
-            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): the voice stage "
-            "uses the WORLD fallback, not RVC (see README, 'Voice models')"
-        )
-    result = run_demo(settings, _stack_config(settings), out, follow, say, timeout)
+    result = run_demo(
+        settings,
+        _stack_config(settings),
+        out,
+        follow,
+        say,
+        timeout,
+        pull=pull,
+        pull_timeout_s=pull_timeout,
+        download_progress=download_bars,
+        epochs=epochs,
+    )
     typer.echo(result.model_dump_json(indent=2))
     if not isinstance(result, TrackReady):
         raise typer.Exit(1)
