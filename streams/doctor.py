@@ -128,12 +128,21 @@ def model_checks(settings: Settings, stages: set[str], verify: bool) -> list[Che
         manifest = load_manifest(None)
     lock = read_lock(settings.model_dir)
     voice = bool(stages & VOICE_STAGES)
+    separator = f"SINGTOME_SEPARATOR_MODEL={settings.separator_model}"
+    try:  # the configured UVR model and the files it needs
+        configured = {e.name for e in manifest.select([settings.separator_model])}
+    except KeyError:
+        configured = set()
     for entry in manifest:
         state = file_state(entry, settings.model_dir, lock)
         is_separation = entry.kind in ("separation", "separation-config")
-        if is_separation and state.state == "absent":
-            continue  # the separation models not pulled are many; only the configured one counts
-        if is_separation and "separator" not in stages:
+        # Hundreds of separation files are known: only the configured model's and the weights
+        # pulled are worth a line (their configs come seeded).
+        if (
+            is_separation
+            and entry.name not in configured
+            and ("separator" not in stages or entry.kind != "separation" or state.state == "absent")
+        ):
             continue
         if not is_separation and not voice and entry.origin != "user":
             continue
@@ -154,15 +163,15 @@ def model_checks(settings: Settings, stages: set[str], verify: bool) -> list[Che
             )
         else:
             partial = f" ({state.detail})" if state.state == "partial" else ""
-            essential = entry.name in RVC_ESSENTIALS
-            checks.append(
-                Check(
-                    entry.name,
-                    "warn" if essential else "ok",
-                    f"absent{partial}{'' if essential else ' (optional)'}: "
-                    f"`singtome models pull {entry.name}` → {state.path}",
+            pull = f"`singtome models pull {entry.name}` → {state.path}"
+            if entry.name in configured and "separator" in stages:
+                checks.append(
+                    Check(entry.name, "fail", f"absent{partial}, needed by {separator}: {pull}")
                 )
-            )
+            elif entry.name in RVC_ESSENTIALS:
+                checks.append(Check(entry.name, "warn", f"absent{partial}: {pull}"))
+            else:
+                checks.append(Check(entry.name, "ok", f"absent{partial} (optional): {pull}"))
     if voice:
         checks.append(_voice_check(settings))
     if "separator" in stages:

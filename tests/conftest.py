@@ -17,13 +17,25 @@ from tests.pipeline import Pipeline
 CLOSED_LOOPBACK = "http://127.0.0.1:9"
 
 
+_MADE_MODEL_DIR: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ["SINGTOME_MODEL_DIR"] = os.environ.get(
-        "SINGTOME_TEST_MODEL_DIR"
-    ) or tempfile.mkdtemp(prefix="singtome-test-models-")
+    given = os.environ.get("SINGTOME_TEST_MODEL_DIR")
+    if not given:
+        given = tempfile.mkdtemp(prefix="singtome-test-models-")
+        _MADE_MODEL_DIR.append(given)
+    os.environ["SINGTOME_MODEL_DIR"] = given
     for name in ("SINGTOME_MODEL_MANIFEST", "HF_ENDPOINT", "SINGTOME_HF_ENDPOINT"):
         os.environ.pop(name, None)
     os.environ["SINGTOME_MODEL_MIRROR"] = CLOSED_LOOPBACK
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for folder in _MADE_MODEL_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

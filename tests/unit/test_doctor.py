@@ -78,10 +78,20 @@ def test_doctor_fails_a_model_that_does_not_match(doctor: Any, tmp_path: Path) -
     assert lines["voice backend"][0] == "ok"  # it would be used: hence the failure above
 
 
-def test_doctor_fails_a_missing_uvr_model(doctor: Any) -> None:
+def test_doctor_fails_a_missing_uvr_model(doctor: Any, tmp_path: Path) -> None:
     _, lines = doctor("--stage", "separator", SINGTOME_SEPARATOR_MODEL="UVR-MDX-NET-Inst_HQ_3.onnx")
     assert lines["separator model"][0] == "fail"
     assert "singtome models pull UVR-MDX-NET-Inst_HQ_3.onnx" in lines["separator model"][1]
+    # a Demucs model is its .yaml plus weights: each weight file missing is named
+    uvr = tmp_path / "models" / "uvr"
+    uvr.mkdir(parents=True)
+    (uvr / "htdemucs_ft.yaml").write_text("models: [f7e0c4bc]\n")
+    (uvr / "download_checks.json").write_text("{}")
+    _, lines = doctor("--stage", "separator", SINGTOME_SEPARATOR_MODEL="htdemucs_ft.yaml")
+    assert lines["htdemucs_ft.yaml"][0] == "ok"
+    assert lines["f7e0c4bc-ba3fe64a.th"][0] == "fail"
+    assert "needed by SINGTOME_SEPARATOR_MODEL=htdemucs_ft.yaml" in lines["f7e0c4bc-ba3fe64a.th"][1]
+    assert "UVR-MDX-NET-Inst_HQ_3.onnx" not in lines, "only the configured model's files"
 
 
 def test_doctor_rejects_an_unknown_stage(doctor: Any) -> None:
