@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +31,23 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in ("SINGTOME_MODEL_MANIFEST", "HF_ENDPOINT", "SINGTOME_HF_ENDPOINT"):
         os.environ.pop(name, None)
     os.environ["SINGTOME_MODEL_MIRROR"] = CLOSED_LOOPBACK
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Undo what a command run in-process (typer's CliRunner) does to logging: it configures
+    structlog and the root logger on the runner's stderr, which is closed once it returns."""
+    import structlog
+
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.settings import get_settings
+from tests.conftest import logging_kept
 
 
 @pytest.fixture
@@ -30,7 +31,8 @@ def doctor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             "SINGTOME_DEVICE": "auto",
         }
         get_settings.cache_clear()
-        result = runner.invoke(app, ["doctor", *args], env={**base, **env})
+        with logging_kept():
+            result = runner.invoke(app, ["doctor", *args], env={**base, **env})
         get_settings.cache_clear()
         lines: dict[str, tuple[str, str]] = {}
         for line in result.output.splitlines():

@@ -39,7 +39,7 @@ from streams.models.manifest import (
     source_url,
 )
 from streams.settings import Settings, get_settings
-from tests.conftest import CLOSED_LOOPBACK
+from tests.conftest import CLOSED_LOOPBACK, logging_kept
 from tests.modelserver import ModelServer, model_server
 
 SIZE = 700_000  # several of the fetcher's chunks, small enough to be quick
@@ -107,7 +107,8 @@ def cli(tmp_path: Path) -> Iterator[Any]:
             "SINGTOME_MODEL_MIRROR": None,
             "HF_ENDPOINT": CLOSED_LOOPBACK,
         }
-        result = runner.invoke(app, list(args), env={**base, **env})
+        with logging_kept():
+            result = runner.invoke(app, list(args), env={**base, **env})
         get_settings.cache_clear()
         return result.exit_code, result.output
 
