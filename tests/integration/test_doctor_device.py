@@ -37,13 +37,19 @@ def test_doctor_on_a_healthy_cpu_machine(pipeline: Pipeline, tmp_path: Path) -> 
     assert lines["s3"][0] == "ok" and pipeline.stack.bucket in lines["s3"][1]
     assert lines["device"][0] == "warn"  # the CPU, said so
     assert code == 0, "warnings only: every stage can run here"
-    # a prefix whose topics do not exist yet: said, not fatal (workers create them at start)
-    code, lines = _doctor({**env, "SINGTOME_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}."})
+    # topics not created yet are said, not fatal (workers create them at start); a missing
+    # bucket is fatal
+    code, lines = _doctor(
+        {
+            **env,
+            "SINGTOME_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}.",
+            "SINGTOME_S3_BUCKET": "no-such-bucket-here",
+        }
+    )
     assert lines["topics"][0] == "warn" and "singtome topics create" in lines["topics"][1]
-    assert code == 0
-    # the bucket missing is fatal
-    code, lines = _doctor({**env, "SINGTOME_S3_BUCKET": "no-such-bucket-here"})
-    assert lines["s3"][0] == "fail" and code == 1
+    assert lines["s3"][0] == "fail" and "does not exist" in lines["s3"][1]
+    assert code == 1
+    assert [name for name, (status, _) in lines.items() if status == "fail"] == ["s3"]
 
 
 def test_worker_logs_and_exports_the_device_it_chose(pipeline: Pipeline) -> None:
