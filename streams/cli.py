@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from schemas.events import TrackReady
+from streams.cli_models import doctor, models_app
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ topics_app = typer.Typer(help="The pipeline's topics on the configured broker.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
+app.command("doctor")(doctor)
 
 STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"
@@ -70,9 +73,13 @@ def worker(
     """Run one stage worker: consume its topic until SIGTERM. Start more to scale."""
     if stage not in STAGE_NAMES:
         _fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+    from streams.device import DeviceUnavailable
     from streams.worker import run_worker
 
-    run_worker(stage, get_settings(), handler_spec=handler, group=group)
+    try:
+        run_worker(stage, get_settings(), handler_spec=handler, group=group)
+    except DeviceUnavailable as exc:
+        _fail(str(exc))
 
 
 @stack_app.command("up")
@@ -191,7 +198,10 @@ def settings_markdown() -> str:
         if isinstance(default, Path):
             default = str(default).replace(str(Path.home()), "~")
         shown = "(unset)" if default is None else f"`{default}`"
-        rows.append(f"| `SINGTOME_{name.upper()}` | {shown} | {field.description or ''} |")
+        alias = field.validation_alias  # e.g. HF_ENDPOINT, read under its usual name too
+        names = [str(c) for c in alias.choices] if alias is not None else []  # type: ignore[union-attr]
+        env = " / ".join(f"`{n}`" for n in names) or f"`SINGTOME_{name.upper()}`"
+        rows.append(f"| {env} | {shown} | {field.description or ''} |")
     return "\n".join(rows)
 
 
@@ -234,7 +244,10 @@ def _options(
 
 @app.command()
 def submit(
-    song: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The song file.")],
+    songs: Annotated[
+        list[Path],
+        typer.Argument(exists=True, help="Song files, or folders of songs (one job each)."),
+    ],
     voice: Annotated[
         Path | None, typer.Option(exists=True, file_okay=False, help="Voice dataset folder.")
     ] = None,
@@ -256,32 +269,76 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
-    """Upload SONG and a voice, publish song.uploaded; with --wait, show progress to the end."""
+    """Upload each song and the voice, publish song.uploaded; with --wait, follow every job."""
+    from streams.batch import expand_songs
     from streams.client import submit_job
     from streams.store import S3Store
 
     if (voice is None) == (model is None):
         _fail("give exactly one of --voice DIR (a dataset) or --model FILE.pth")
+    songs = expand_songs(songs)
+    if not songs:
+        _fail("no songs: the folder(s) hold no audio files")
     settings = get_settings()
     options = _options(
         separator_model, skip_separation, f0_up_key, f0_method, epochs, fmt, title, artist, force
     )
     store = S3Store(settings)
-    event = submit_job(
-        settings,
-        store,
-        song,
-        voice_dir=voice,
-        voice_model=model,
-        voice_index=index,
-        options=options,
-    )
-    typer.echo(f"job {event.job_id} submitted (song s3://{settings.s3_bucket}/{event.keys.song})")
-    if wait:
-        result = follow(store, event.job_id, timeout)
+    events = []
+    for song in songs:
+        # Each job carries its own copy of the voice (jobs may only name their own uploads);
+        # the trainer hashes the dataset, so the voice is trained once and reused by the others.
+        event = submit_job(
+            settings,
+            store,
+            song,
+            voice_dir=voice,
+            voice_model=model,
+            voice_index=index,
+            options=options,
+        )
+        events.append(event)
+        typer.echo(
+            f"job {event.job_id} submitted (song s3://{settings.s3_bucket}/{event.keys.song})"
+        )
+    if not wait:
+        return
+    if len(events) == 1:
+        result = follow(store, events[0].job_id, timeout)
         typer.echo(result.model_dump_json(indent=2))
         if result.topic != "track.ready":
             raise typer.Exit(1)
+        return
+    _follow_jobs(store, songs, [e.job_id for e in events], timeout)
+
+
+def _follow_jobs(store: Any, songs: list[Path], job_ids: list[str], timeout: float) -> None:
+    """A progress bar per job until all have ended, then a summary table; exit 1 on a failure."""
+    from streams.batch import job_fraction, wait_for_jobs
+
+    labels = {
+        job: f"{i + 1}. {song.name}"[:40]
+        for i, (song, job) in enumerate(zip(songs, job_ids, strict=True))
+    }
+    with _bars(labels.values(), "waiting", width=40) as update:
+
+        def show(job_id: str, state: dict[str, Any]) -> None:
+            fraction, note = job_fraction(state)
+            update(labels[job_id], None if "track.failed" in state else fraction, note)
+
+        results = wait_for_jobs(store, job_ids, timeout, on_state=show)
+    rows = []
+    for song, job_id in zip(songs, job_ids, strict=True):
+        result = results[job_id]
+        if isinstance(result, TrackReady):
+            rows.append([str(song), job_id, "ok", result.track_key])
+        elif result is None:
+            rows.append([str(song), job_id, f"still running after {timeout:.0f} s", "-"])
+        else:
+            rows.append([str(song), job_id, f"failed at {result.stage}: {result.code}", "-"])
+    _summary_table(["song", "job", "result", "track"], rows)
+    if not all(isinstance(r, TrackReady) for r in results.values()):
+        raise typer.Exit(1)
 
 
 def follow(store: Any, job_id: str, timeout: float) -> Any:
@@ -360,21 +417,23 @@ def replay(
 
 @contextmanager
 def _bars(
-    names: Iterable[str], note: str = ""
+    names: Iterable[str], note: str = "", width: int = 10
 ) -> Iterator[Callable[[str, float | None, str], None]]:
     """One progress bar per name; yields ``update(name, fraction or None, message)``."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description:<10}"),
+        TextColumn(f"{{task.description:<{width}}}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}% {task.fields[note]}"),
         TimeElapsedColumn(),
         console=_console(),
     ) as bars:
-        tasks = {name: bars.add_task(name, total=1.0, note=note) for name in names}
+        # A bar's clock starts with its first update (songs of a batch start one after another).
+        tasks = {name: bars.add_task(name, total=1.0, note=note, start=False) for name in names}
 
         def update(name: str, fraction: float | None, message: str = "") -> None:
+            bars.start_task(tasks[name])
             bars.update(tasks[name], completed=fraction, note=message[:60])
 
         yield update
@@ -473,8 +532,8 @@ def train(
     _quiet_logs()
     if voice_kind(settings) == "world":
         typer.secho(
-            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): learning the "
-            "WORLD fallback voice profile, not an RVC model",
+            "no HuBERT/ContentVec checkpoint (`singtome models pull`, or SINGTOME_HUBERT_PATH): "
+            "learning the WORLD fallback voice profile, not an RVC model",
             fg=typer.colors.YELLOW,
             err=True,
         )
@@ -546,12 +605,20 @@ def convert(
 
 @app.command()
 def cover(
-    song: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    songs: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, help="Song files, or folders of songs (all covered with one voice)."
+        ),
+    ],
     voice: Annotated[
         Path, typer.Option(exists=True, help="Voice dataset folder, or an RVC .pth / profile.npz.")
     ],
     index: Annotated[Path | None, typer.Option(exists=True, help="The model's .index.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to copy the track.")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Where to copy the track; a folder (DIR/) for several songs."),
+    ] = None,
     store: Annotated[
         Path, typer.Option(help="Local object store (cache of stems and voices).")
     ] = LOCAL_STORE,
@@ -563,12 +630,16 @@ def cover(
     fmt: Annotated[str | None, typer.Option("--format", help="wav|flac|mp3|m4a")] = None,
     title: Annotated[str | None, typer.Option()] = None,
     artist: Annotated[str | None, typer.Option()] = None,
-    report: Annotated[Path | None, typer.Option(help="Also write a PNG report here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write a PNG report here (a folder for several songs).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
 ) -> None:
-    """One command, one cover: every stage in this process, no broker, a local store."""
+    """Covers in this process (no broker, a local store); several songs share one voice, trained
+    or loaded once."""
     import shutil
 
+    from streams.batch import expand_songs
     from streams.local import run_cover
 
     settings = get_settings()
@@ -578,6 +649,17 @@ def cover(
     voice_dir = voice if voice.is_dir() else None
     model = voice if voice.is_file() else None
     _quiet_logs()
+    batch = (
+        len(songs) > 1
+        or any(s.is_dir() for s in songs)
+        or (out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()))
+    )
+    if batch:
+        _cover_batch(
+            expand_songs(songs), settings, store, voice_dir, model, index, options, out, report
+        )
+        return
+    song = songs[0]
     with _bars(STAGE_NAMES) as progress:
         ready, track = _stage_errors(
             lambda: run_cover(
@@ -592,9 +674,9 @@ def cover(
             )
         )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(track, out)
-        track = out
+        track = Path(out)
     if report is not None:
         from agents.mixer.report import report_for_job
         from streams.store import LocalStore
@@ -603,6 +685,80 @@ def cover(
         typer.echo(f"report\t{report}")
     typer.echo(f"track\t{track}")
     typer.echo(ready.model_dump_json(indent=2))
+
+
+def _cover_batch(
+    songs: list[Path],
+    settings: Settings,
+    store: Path,
+    voice_dir: Path | None,
+    model: Path | None,
+    index: Path | None,
+    options: Any,
+    out: str | None,
+    report: Path | None,
+) -> None:
+    """One progress bar per song, then a summary table; exit 2 when a song failed."""
+    from streams.batch import run_covers
+
+    if not songs:
+        _fail("no songs: the folder(s) hold no audio files")
+    labels = [f"{i + 1}. {song.name}"[:40] for i, song in enumerate(songs)]
+    stage_index = {name: i for i, name in enumerate(STAGE_NAMES)}
+    with _bars(labels, "waiting", width=40) as update:
+
+        def progress(song: int, stage: str, fraction: float, message: str) -> None:
+            overall = (stage_index.get(stage, 0) + fraction) / len(STAGE_NAMES)
+            update(labels[song], overall, f"{stage}: {message}")
+
+        outcomes = run_covers(
+            songs,
+            settings=settings,
+            store_dir=store,
+            voice_dir=voice_dir,
+            voice_model=model,
+            voice_index=index,
+            options=options,
+            out_dir=Path(out) if out else None,
+            progress=progress,
+        )
+        for label, outcome in zip(labels, outcomes, strict=True):
+            update(label, 1.0 if outcome.ok else None, "done" if outcome.ok else "FAILED")
+    if report is not None:
+        from agents.mixer.report import report_for_job
+        from streams.store import LocalStore
+
+        report.mkdir(parents=True, exist_ok=True)
+        for outcome in outcomes:
+            if outcome.ready is not None:
+                report_for_job(
+                    LocalStore(store), outcome.ready.job_id, report / f"{outcome.song.stem}.png"
+                )
+    _summary_table(
+        ["song", "result", "voice", "seconds", "cover"],
+        [
+            [
+                str(o.song),
+                "ok" if o.ok else (o.error or "failed"),
+                o.voice or "-",
+                f"{o.seconds:.1f}",
+                str(o.track) if o.track else "-",
+            ]
+            for o in outcomes
+        ],
+    )
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(2)
+
+
+def _summary_table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title="summary")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=200).print(table)
 
 
 @app.command("report")
@@ -628,8 +784,18 @@ def demo(
         "demo-output"
     ),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the cover.")] = 1800,
+    pull: Annotated[
+        bool, typer.Option("--pull/--no-pull", help="Pull the RVC models first.")
+    ] = True,
+    pull_timeout: Annotated[
+        float, typer.Option(help="Seconds the model download may take (it resumes later).")
+    ] = 600,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs (default: 2 for RVC on the CPU).")
+    ] = None,
 ) -> None:
     """A real cover end to end: local broker + S3, one worker per stage, a generated song."""
+    from streams.cli_models import download_bars
     from streams.demo import run_demo
     from streams.logging import configure_logging
 
@@ -639,12 +805,18 @@ def demo(
     def say(line: str) -> None:
         typer.secho(line, fg=typer.colors.CYAN, err=True)
 
-    if settings.hubert_path is None:
-        say(
-            "no HuBERT/ContentVec checkpoint configured (SINGTOME_HUBERT_PATH): the voice stage "
-            "uses the WORLD fallback, not RVC (see README, 'Voice models')"
-        )
-    result = run_demo(settings, _stack_config(settings), out, follow, say, timeout)
+    result = run_demo(
+        settings,
+        _stack_config(settings),
+        out,
+        follow,
+        say,
+        timeout,
+        pull=pull,
+        pull_timeout_s=pull_timeout,
+        download_progress=download_bars,
+        epochs=epochs,
+    )
     typer.echo(result.model_dump_json(indent=2))
     if not isinstance(result, TrackReady):
         raise typer.Exit(1)

@@ -1,9 +1,12 @@
 """`singtome demo`: a real cover, end to end, through Kafka and S3 on this machine.
 
-Starts the local stack (unless it is already up), one worker process per stage, generates a short
-song (a sung melody over a General-MIDI band) and a voice dataset of another voice (espeak-ng),
-submits the job, shows each stage's progress, and prints where the track is and the ``track.ready``
-event. Everything it started is stopped on exit or Ctrl-C.
+First pulls the RVC model files (content encoder, RMVPE, the 40k pretrained pair) when it can,
+within a bounded time and with a progress bar; with the content encoder in place the cover is an
+RVC cover, otherwise the labelled WORLD fallback, and one line says why. Then starts the local
+stack (unless it is already up), one worker process per stage, generates a short song (a sung
+melody over a General-MIDI band) and a voice dataset of another voice (espeak-ng), submits the
+job, shows each stage's progress, and prints where the track is and the ``track.ready`` event.
+Everything it started is stopped on exit or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from schemas.events import JobOptions, TrackFailed, TrackReady
 from streams.logging import get_logger
@@ -27,6 +32,51 @@ from streams.topics import STAGES
 log = get_logger(__name__)
 
 SR = 44100
+# On the CPU a full-size RVC step takes minutes (bench/train.py): the demo trains this many epochs
+# from the pretrained weights there, the job's default on a GPU.
+CPU_DEMO_EPOCHS = 2
+
+DownloadProgress = Callable[[], AbstractContextManager[Callable[[Any, int, int | None], None]]]
+
+
+def pull_voice_models(
+    settings: Settings, progress: DownloadProgress | None, timeout_s: float
+) -> tuple[Settings, str]:
+    """Pull the RVC essentials within ``timeout_s`` (the content encoder first: without it the
+    rest is of no use); returns the settings with whatever arrived and one line saying which
+    voice backend the demo will use, and why."""
+    import contextlib
+    import time
+
+    from streams.models.manager import RVC_ESSENTIALS, pull_models, select
+    from streams.models.manifest import default_model_paths
+    from streams.settings import PULLED_DEFAULTS
+
+    encoder, *extras = select(settings, RVC_ESSENTIALS)
+    deadline = time.monotonic() + timeout_s
+    with progress() if progress else contextlib.nullcontext() as show:
+        first = pull_models(settings, [encoder], show, timeout_s)
+        rest = (
+            pull_models(settings, extras, show, max(deadline - time.monotonic(), 0.0))
+            if first.ok
+            else None
+        )
+    found = default_model_paths(settings.model_dir, settings.model_manifest)
+    settings = settings.model_copy(
+        update={
+            name: found[name]
+            for name in PULLED_DEFAULTS
+            if getattr(settings, name) is None and name in found
+        }
+    )
+    if settings.hubert_path is None:
+        why = first.failed[0].message if first.failed else "no content encoder"
+        return settings, f"voice: the WORLD fallback, not RVC ({why})"
+    line = f"voice: RVC (content encoder {settings.hubert_path})"
+    if rest is not None and rest.failed:
+        missing = ", ".join(f.entry.name for f in rest.failed)
+        line += f"; not fetched: {missing} ({rest.failed[0].message})"
+    return settings, line
 
 
 def make_demo_inputs(
@@ -133,10 +183,28 @@ def run_demo(
     follow: Callable[[object, str, float], TrackReady | TrackFailed],
     say: Callable[[str], None],
     timeout_s: float = 1800,
+    *,
+    pull: bool = True,
+    pull_timeout_s: float = 600,
+    download_progress: DownloadProgress | None = None,
+    epochs: int | None = None,
 ) -> TrackReady | TrackFailed:
     """Run the demo; returns the job's last event. ``follow(store, job_id, timeout)`` shows it."""
     from streams.client import submit_job
+    from streams.device import resolve_device
     from streams.store import S3Store
+
+    if pull:
+        settings, voice_line = pull_voice_models(settings, download_progress, pull_timeout_s)
+    elif settings.hubert_path is None:
+        voice_line = "voice: the WORLD fallback, not RVC (no content encoder; pulling skipped)"
+    else:
+        voice_line = f"voice: RVC (content encoder {settings.hubert_path})"
+    say(voice_line)
+    on_cpu = settings.hubert_path is not None and resolve_device(settings.device).type == "cpu"
+    if epochs is None and on_cpu:
+        epochs = CPU_DEMO_EPOCHS
+        say(f"RVC on the CPU: training {epochs} epochs from the pretrained weights (minutes)")
 
     env = {**os.environ, **cfg.env(), "SINGTOME_TOPIC_PREFIX": settings.topic_prefix}
     os.environ.update(cfg.env())
@@ -155,6 +223,8 @@ def run_demo(
             options = JobOptions()
             options.output.title = "singtome demo"
             options.output.format = "mp3"
+            if epochs is not None:
+                options.voice.epochs = epochs
             event = submit_job(settings, store, song, voice_dir=voice, options=options)
             say(f"job {event.job_id} submitted")
             result = follow(store, event.job_id, timeout_s)

@@ -70,3 +70,9 @@ class Metrics:
             ["stage"],
             registry=reg,
         )
+        self.device = Gauge(
+            "singtome_device_info",
+            "1 for the device the stage runs on (SINGTOME_DEVICE resolved at start)",
+            ["stage", "device"],
+            registry=reg,
+        )

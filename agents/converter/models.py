@@ -28,13 +28,6 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` is CUDA when torch sees a GPU, else the CPU; anything else is taken as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _direct_bytes(value: Any) -> int:
     if isinstance(value, nn.Module):
         tensors = [*value.parameters(), *value.buffers()]

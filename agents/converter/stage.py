@@ -27,11 +27,11 @@ from agents.converter.models import (
     cached_content_encoder,
     cached_index,
     cached_voice_model,
-    resolve_device,
     shared_cache,
 )
 from agents.voice import world
 from schemas.events import ConversionOptions
+from streams.device import resolve_device
 from streams.errors import StageError
 from streams.logging import get_logger
 from streams.settings import Settings
@@ -152,9 +152,11 @@ def _convert_rvc(
     if settings.hubert_path is None:
         raise StageError(
             "model_not_found",
-            "an RVC voice model needs a HuBERT/ContentVec checkpoint: set SINGTOME_HUBERT_PATH",
+            "an RVC voice model needs a HuBERT/ContentVec checkpoint: `singtome models pull "
+            "hubert_base.pt`, or set SINGTOME_HUBERT_PATH",
         )
     device = resolve_device(settings.device)
+    log.info("converting with RVC", content_encoder=str(settings.hubert_path), device=str(device))
     progress(0.0, "loading the voice model")
     voice_model = cached_voice_model(voice.model, device, cache)
     encoder = cached_content_encoder(settings.hubert_path, device, cache)

@@ -189,12 +189,15 @@ class SeparationPipeline:
 
 
 def build_pipeline(params: SeparationParams, settings: Settings) -> SeparationPipeline:
-    separator = load_backend(params.separation_model, settings.model_dir)
+    from streams.device import resolve_device
+
+    device = str(resolve_device(settings.device))
+    separator = load_backend(params.separation_model, settings.model_dir, device)
     chain = []
     for step, model in params.chain:
         if backend_kind(model) != "uvr":
             raise StageError("invalid_model", f"{step} needs a UVR model file, got {model!r}")
-        chain.append((step, load_backend(model, settings.model_dir)))
+        chain.append((step, load_backend(model, settings.model_dir, device)))
     return SeparationPipeline(separator, chain)
 
 

@@ -108,7 +108,10 @@ def train_voice(
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = readable_audio(dataset_files)
     if voice_kind(settings) == "world":
-        log.info("no content encoder configured: learning the WORLD fallback voice profile")
+        log.info(
+            "no content encoder (`singtome models pull hubert_base.pt` or SINGTOME_HUBERT_PATH): "
+            "learning the WORLD fallback voice profile, not an RVC model"
+        )
         profile = learn_profile_file(files, out_dir, progress)
         return TrainedVoice("world", {"model": profile}, skipped=skipped)
     result = _train_rvc(files, out_dir, config, settings, progress)
@@ -146,7 +149,15 @@ def _train_rvc(
         phase(0.0, 0.1),
         silence_dbfs=settings.silence_dbfs,
     )
-    encoder = load_content_encoder(settings.hubert_path, device=_device(settings))
+    device = _device(settings)
+    log.info(
+        "training an RVC v2 voice model",
+        content_encoder=str(settings.hubert_path),
+        rmvpe=str(settings.rmvpe_path) if settings.rmvpe_path else None,
+        pretrained_dir=str(settings.pretrained_dir) if settings.pretrained_dir else None,
+        device=device,
+    )
+    encoder = load_content_encoder(settings.hubert_path, device=device)
     extract_features(
         exp_dir,
         resolve_f0_method(config.f0_method, settings.rmvpe_path),
@@ -154,7 +165,7 @@ def _train_rvc(
         config.version,
         phase(0.1, 0.25),
         rmvpe_path=settings.rmvpe_path,
-        device=_device(settings),
+        device=device,
         crepe_model=settings.crepe_model,
     )
     pretrained_g, pretrained_d = _pretrained(config, settings)
@@ -186,11 +197,9 @@ def _train_rvc(
 
 
 def _device(settings: Settings) -> str:
-    if settings.device != "auto":
-        return settings.device
-    import torch
+    from streams.device import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(settings.device))
 
 
 def _pretrained(config: VoiceTrainingConfig, settings: Settings) -> tuple[Path | None, Path | None]:

@@ -38,6 +38,7 @@ from agents.voice.discriminator import MultiPeriodDiscriminator
 from agents.voice.modules.commons import slice_segments
 from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
+from streams.device import resolve_device
 from streams.logging import get_logger
 
 log = get_logger()
@@ -88,12 +89,6 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     step_mel_losses: list[float] = field(default_factory=list)  # unweighted mel L1 per step
     pretrained: list[PretrainedLoadReport] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

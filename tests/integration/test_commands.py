@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,9 +12,12 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
+from streams.client import job_state
 from streams.demo import make_demo_inputs
 from streams.stack import StackConfig
+from tests.modelserver import model_server
 from tests.pipeline import SINGTOME
+from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
 
 SR = 44100
 
@@ -47,7 +51,75 @@ def test_demo_makes_a_cover_through_the_broker(stack: StackConfig, tmp_path: Pat
     covers = list(tmp_path.glob("cover-*.mp3"))
     assert len(covers) == 1 and covers[0].stat().st_size > 10_000
     assert "WORLD fallback" in result.stderr
+    # the model download was tried first (a closed loopback port here) and the reason said once
+    assert "voice: the WORLD fallback, not RVC (could not fetch hubert_base.pt" in result.stderr
+    assert "connection refused" in result.stderr
     assert "track: s3://" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_pulls_the_encoder_and_makes_an_rvc_cover(
+    stack: StackConfig,
+    tmp_path: Path,
+    tiny_hubert: Path,  # noqa: F811
+) -> None:
+    """Served from a loopback server through a private manifest (the real files cannot be
+    downloaded here): the content encoder arrives, RMVPE and the pretrained pair do not."""
+    from streams.settings import Settings
+    from streams.store import S3Store
+
+    with model_server() as server:
+        body = tiny_hubert.read_bytes()
+        server.add("/rvc/hubert_base.pt", body)
+        rows = [
+            {
+                "name": "hubert_base.pt",
+                "kind": "content-encoder",
+                "url": f"{server.url}/rvc/hubert_base.pt",
+                "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "licence": "test",
+                "path": "rvc/hubert_base.pt",
+                "setting": "hubert_path",
+            }
+        ] + [
+            {"name": name, "kind": "other", "url": f"{server.url}/rvc/{name}", "licence": "test"}
+            for name in ("rmvpe.pt", "f0G40k.pth", "f0D40k.pth")
+        ]
+        manifest = tmp_path / "manifest.json"
+        manifest.write_text(json.dumps(rows))
+        env = {
+            **os.environ,
+            "SINGTOME_STACK_DIR": str(stack.root),
+            "SINGTOME_KAFKA_PORT": str(stack.kafka_port),
+            "SINGTOME_S3_PORT": str(stack.s3_port),
+            "SINGTOME_S3_BUCKET": stack.bucket,
+            "SINGTOME_TOPIC_PREFIX": "demo-rvc.",
+            "SINGTOME_MODEL_DIR": str(tmp_path / "models"),
+            "SINGTOME_MODEL_MANIFEST": str(manifest),
+            "SINGTOME_TRAIN_MODEL_SIZE": "tiny",
+            "SINGTOME_DEVICE": "cpu",
+        }
+        env.pop("SINGTOME_MODEL_MIRROR", None)
+        env.pop("SINGTOME_HUBERT_PATH", None)
+        result = subprocess.run(
+            [SINGTOME, "demo", "--out", str(tmp_path), "--timeout", "900", "--epochs", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    encoder = tmp_path / "models" / "rvc" / "hubert_base.pt"
+    assert encoder.read_bytes() == body
+    assert f"voice: RVC (content encoder {encoder}); not fetched: rmvpe.pt" in result.stderr
+    ready = _track_ready(result.stdout)
+    os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
+    store = S3Store(Settings(s3_bucket=stack.bucket))
+    state = job_state(store, str(ready["job_id"]))
+    assert state["voice.trained"]["voice_kind"] == "rvc"
+    assert state["vocals.converted"]["backend"] == "rvc"
+    assert list(tmp_path.glob("cover-*.mp3"))
 
 
 @pytest.fixture(scope="module")

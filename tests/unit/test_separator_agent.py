@@ -200,7 +200,7 @@ def test_karaoke_job_emits_backing_vocals_key(
         def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
             return {self.stems[0]: audio * 0.5, self.stems[1]: audio * 0.5}
 
-    def stand_in(model: str, model_dir: Path) -> HalfAndHalf:
+    def stand_in(model: str, model_dir: Path, device: str = "cpu") -> HalfAndHalf:
         if model == "kara.pth":
             return HalfAndHalf(model, ("Vocals", "Instrumental"))
         return HalfAndHalf(model, ("vocals", "accompaniment"))

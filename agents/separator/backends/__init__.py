@@ -26,7 +26,7 @@ __all__ = [
 SPLEETER = "spleeter"
 A_CAPPELLA = "a_cappella"
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple[str, str], SeparationBackend] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str], SeparationBackend] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -45,29 +45,30 @@ def backend_kind(model: str) -> str:
     )
 
 
-def _create(model: str, model_dir: Path) -> SeparationBackend:
+def _create(model: str, model_dir: Path, device: str) -> SeparationBackend:
     kind = backend_kind(model)
     if kind == SPLEETER:
         from agents.separator.backends.spleeter import SpleeterBackend
 
-        return SpleeterBackend()
+        return SpleeterBackend(device=device)
     if kind == A_CAPPELLA:
         from agents.separator.backends.a_cappella import ACappellaBackend
 
         return ACappellaBackend()
     from agents.separator.backends.uvr import UvrBackend
 
+    # audio-separator picks its own execution provider (CUDA when onnxruntime/torch see it).
     return UvrBackend(model, model_dir)
 
 
-def load_backend(model: str, model_dir: Path) -> SeparationBackend:
-    """The loaded backend for ``model``, reusing one loaded earlier in this process."""
-    key = (model, str(model_dir))
+def load_backend(model: str, model_dir: Path, device: str = "cpu") -> SeparationBackend:
+    """The loaded backend for ``model`` on ``device``, reusing one loaded earlier here."""
+    key = (model, str(model_dir), device)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    backend = _create(model, model_dir)
+    backend = _create(model, model_dir, device)
     with _cache_lock:
         _cache[key] = backend
         while len(_cache) > _CACHE_SIZE:
