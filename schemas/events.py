@@ -86,6 +86,13 @@ class ConversionOptions(_Model):
     filter_radius: int = Field(3, ge=0, le=7)
     rms_mix_rate: float = Field(0.25, ge=0.0, le=1.0)
     protect: float = Field(0.33, ge=0.0, le=0.5)
+    unvoiced_f0: Literal["keep", "interpolate"] = Field(
+        "keep",
+        description="RVC path, frames without pitch: 'keep' them unvoiced (RVC's classic "
+        "pipeline, rvc 0.3.5: breaths and consonants stay noise and 'protect' keeps them "
+        "intelligible) or 'interpolate' a pitch through them (RVC WebUI's current pipeline: "
+        "notes the tracker drops are sung through; 'protect' then has no effect).",
+    )
 
 
 class MixOptions(_Model):

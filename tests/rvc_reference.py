@@ -25,6 +25,39 @@ from rvc.modules.vc import pipeline as reference_pipeline
 from agents.voice.configs import SynthesizerConfig
 from agents.voice.synthesizer import Synthesizer
 
+
+def _load_by_path(name: str, relative: str) -> Any:
+    """A module of the package that a same-named module shadows (``infer_pack/modules.py`` hides
+    the ``infer_pack/modules/`` folder), loaded from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    import rvc
+
+    path = Path(rvc.__file__).parent / relative
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# rvc/lib/infer_pack/modules/F0Predictor/HarvestF0Predictor.py: ``interpolate_f0``, the unvoiced
+# filling RVC's current pipeline applies to every tracker's output.
+# Its own import of the base class goes through the shadowed path, so the base is registered
+# under that name first.
+def _load_harvest_predictor() -> Any:
+    import sys
+
+    folder = "lib/infer_pack/modules/F0Predictor"
+    base_name = "rvc.lib.infer_pack.modules.F0Predictor.F0Predictor"
+    if base_name not in sys.modules:
+        sys.modules[base_name] = _load_by_path(base_name, f"{folder}/F0Predictor.py")
+    return _load_by_path("rvc_harvest_f0_predictor", f"{folder}/HarvestF0Predictor.py")
+
+
+harvest_predictor = _load_harvest_predictor()
+
 REFERENCE_CLASSES: dict[tuple[str, bool], Any] = {
     ("v1", True): reference_models.SynthesizerTrnMs256NSFsid,
     ("v1", False): reference_models.SynthesizerTrnMs256NSFsid_nono,
