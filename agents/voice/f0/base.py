@@ -44,13 +44,13 @@ def as_audio16k(audio16k: np.ndarray) -> np.ndarray:
     return audio
 
 
-def finish(f0: np.ndarray, n_samples: int, p_len: int | None) -> np.ndarray:
+def finish(f0: np.ndarray, n_samples: int, p_len: int | None, f0_max: float = F0_MAX) -> np.ndarray:
     """Clean a raw track: non-finite or out-of-range values become unvoiced (0), and the length
     is made ``p_len`` (or the natural length) by trimming or padding unvoiced frames at the end;
     every method here is already on the 10 ms grid, so they differ by a frame or two at most."""
     f0 = np.asarray(f0, dtype=np.float64).reshape(-1).copy()
     f0[~np.isfinite(f0)] = 0.0
-    f0[(f0 < F0_MIN) | (f0 > F0_MAX)] = 0.0
+    f0[(f0 < F0_MIN) | (f0 > f0_max)] = 0.0
     target = natural_length(n_samples) if p_len is None else int(p_len)
     f0 = f0[:target] if f0.shape[0] >= target else np.pad(f0, (0, target - f0.shape[0]))
     return f0.astype(np.float32)
