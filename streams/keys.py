@@ -9,7 +9,7 @@ Layout (bucket-relative)::
     uploads/<job_id>/<file name>            what `singtome submit` uploads
     stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, ...)
     voices/<digest>/...                     trainer outputs (model.pth + .index, or profile.npz)
-    converted/<digest>/vocals.flac          converter output
+    converted/<digest>/vocals.flac          converter output (+ backing.flac, quality.json)
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
     locks/<name>                            single-writer locks (conditional put)
@@ -71,6 +71,14 @@ def voice_prefix(digest: str) -> str:
 
 def converted_key(digest: str) -> str:
     return f"converted/{digest}/vocals.flac"
+
+
+def converted_backing_key(digest: str) -> str:
+    return f"converted/{digest}/backing.flac"
+
+
+def conversion_quality_key(digest: str) -> str:
+    return f"converted/{digest}/quality.json"
 
 
 def upload_key(job_id: str, filename: str) -> str:
