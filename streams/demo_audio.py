@@ -246,10 +246,12 @@ def parallel_pair(
     low = [n / 2**octaves for n in high]
     source, source_f0 = sung_vocal(duration_s, sr, high, seed, source_voice)
     target, target_f0 = sung_vocal(duration_s, sr, low, seed, target_voice)
+    # The takes sing other words to the song's notes in other orders: the voice's range is the
+    # target rendition's (an octave below the source), as a singer's own recordings would be.
+    rng = np.random.default_rng(seed + 100)
     dataset = []
     for take in range(dataset_takes):
-        tune = [HIGH_SCALE_HZ[_DEFAULT_SCALE_HZ.index(n)] / 2**octaves
-                for n in _melody_notes(None, take_s, 0.4, seed + 101 + take)]  # fmt: skip
+        tune = [float(n) for n in rng.permutation(low)]
         dataset.append(sung_vocal(take_s, sr, tune, seed + 101 + take, target_voice)[0])
     return ParallelPair(source, source_f0, target, target_f0, dataset, sr, octaves)
 

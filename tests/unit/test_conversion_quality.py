@@ -171,3 +171,27 @@ def test_without_the_option_the_backing_vocals_stay_as_separated(
     mix_handle(event, context)
     assert "stems/s/backing_vocals.flac" in store.fetched
     assert job["converted"].converted_backing not in store.fetched
+
+
+def test_the_fallback_meets_its_figures_on_the_pair(job: dict[str, Any]) -> None:
+    """The issue's figures for the WORLD fallback on a generated pair (bench/quality.py gives
+    them on longer ones): the true octave, < 25 cents from the target's melody, >= 90 % of the
+    sung frames voiced, the 8-12 kHz band within 10 dB of the target voice's, and clearly
+    nearer the voice than the source was (the issue's 0.90 is not reached: see README)."""
+    from bench.quality import HIGH_BAND_HZ, _truth_on_10ms
+
+    store, root, pair = job["store"], job["root"], job["pair"]
+    stored = store.get_file(job["converted"].keys.converted_vocals, root / "fig.flac")
+    converted = load_audio(stored, SR)
+    heard = quality.pitch(converted, SR)
+    truth = _truth_on_10ms(pair.target_f0, len(heard))
+    error = quality.f0_error_cents(heard, truth, 0.0)
+    assert error is not None and error < 25.0
+    voiced = quality.voiced_kept(heard, quality.pitch(pair.source, SR))
+    assert voiced is not None and voiced >= 0.9
+    band = quality.band_level_db(converted, SR, HIGH_BAND_HZ) - quality.band_level_db(
+        pair.target, SR, HIGH_BAND_HZ
+    )
+    assert abs(band) <= 10.0
+    report = job["converted"].quality
+    assert report.speaker_similarity >= 0.75 and report.source_similarity < 0.75
