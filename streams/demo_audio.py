@@ -207,6 +207,55 @@ def sung_vocal(
     return _normalise_peak(fit_length(audio, round(duration_s * sr)), 0.5), f0
 
 
+# A high melody (A4 to A5, median near 700 Hz): a soprano line an octave above a tenor's.
+HIGH_SCALE_HZ = (440.0, 493.88, 523.25, 587.33, 659.26, 698.46, 783.99, 880.0)
+
+
+@dataclass(frozen=True)
+class ParallelPair:
+    """The same words and melody sung by two voices, the target ``octaves`` below the source.
+
+    ``target`` is what a perfect conversion of ``source`` into the target voice (at the
+    automatic key) would sound like; ``dataset`` holds other takes of the target voice (other
+    words and tunes in its range) to learn the voice from. Pitch tracks are Hz per 5 ms.
+    """
+
+    source: np.ndarray
+    source_f0: np.ndarray
+    target: np.ndarray
+    target_f0: np.ndarray
+    dataset: list[np.ndarray]
+    sr: int
+    octaves: int
+
+
+def parallel_pair(
+    duration_s: float,
+    sr: int = 44100,
+    seed: int = 0,
+    source_voice: str = "en+f2",
+    target_voice: str = "en+m3",
+    octaves: int = 1,
+    dataset_takes: int = 4,
+    take_s: float = 8.0,
+) -> ParallelPair:
+    """A source vocal, its parallel rendition in another voice ``octaves`` lower, and a
+    dataset of that other voice (see :class:`ParallelPair`)."""
+    notes = _melody_notes(None, duration_s, 0.4, seed)
+    high = [HIGH_SCALE_HZ[_DEFAULT_SCALE_HZ.index(n)] for n in notes]
+    low = [n / 2**octaves for n in high]
+    source, source_f0 = sung_vocal(duration_s, sr, high, seed, source_voice)
+    target, target_f0 = sung_vocal(duration_s, sr, low, seed, target_voice)
+    # The takes sing other words to the song's notes in other orders: the voice's range is the
+    # target rendition's (an octave below the source), as a singer's own recordings would be.
+    rng = np.random.default_rng(seed + 100)
+    dataset = []
+    for take in range(dataset_takes):
+        tune = [float(n) for n in rng.permutation(low)]
+        dataset.append(sung_vocal(take_s, sr, tune, seed + 101 + take, target_voice)[0])
+    return ParallelPair(source, source_f0, target, target_f0, dataset, sr, octaves)
+
+
 def _world_sung(
     duration_s: float, sr: int, melody: Melody, seed: int, voice: str
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ Layout (bucket-relative)::
     uploads/<job_id>/<file name>            what `singtome submit` uploads (SINGTOME_UPLOAD_PREFIX)
     stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, ...)
     voices/<digest>/...                     trainer outputs (model.pth + .index, or profile.npz)
-    converted/<digest>/vocals.flac          converter output
+    converted/<digest>/vocals.flac          converter output (+ backing.flac, quality.json)
     tracks/<job_id>/<name>.<format>         mixer output, one per job
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
     locks/<name>                            single-writer locks (conditional put)
@@ -135,6 +135,14 @@ def upload_key(job_id: str, filename: str, pattern: str = UPLOAD_PREFIX) -> str:
 
 def track_prefix(job_id: str) -> str:
     return f"{TRACKS}/{job_id}/"
+
+
+def converted_backing_key(digest: str) -> str:
+    return f"{CONVERTED}/{digest}/backing.flac"
+
+
+def conversion_quality_key(digest: str) -> str:
+    return f"{CONVERTED}/{digest}/quality.json"
 
 
 def track_key(job_id: str, fmt: str, name: str = "cover") -> str:

@@ -85,13 +85,13 @@ class Windows:
 # --------------------------------------------------------------------------------------------------
 
 
-def median_radius(filter_radius: int) -> int:
-    """The median-filter radius for RVC's ``filter_radius`` option.
+def median_radius(filter_radius: int, method: str = "harvest") -> int:
+    """The median-filter radius for RVC's ``filter_radius`` option and f0 ``method``.
 
-    RVC applies a 3-frame median when ``filter_radius >= 3``; larger values widen the window
-    (kernel ``filter_radius`` rounded down to odd), so 3 is exactly RVC's behaviour.
+    RVC smooths only Harvest's track, with a 3-frame median when ``filter_radius >= 3`` (any
+    larger value is the same 3 frames); the other trackers' tracks are used as they come.
     """
-    return (filter_radius - 1) // 2 if filter_radius >= 3 else 0
+    return 1 if method == "harvest" and filter_radius >= 3 else 0
 
 
 def pitch_track(
@@ -100,19 +100,27 @@ def pitch_track(
     extractor: PitchExtractor,
     f0_up_key: int,
     filter_radius: int,
+    unvoiced_f0: str = "keep",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(coarse pitch 1..255, f0 in Hz)`` per 10 ms frame, transposed by ``f0_up_key``.
 
     The Hz track is what the NSF decoder sings; the coarse one is the pitch embedding's index.
+    RVC's order: track, median (Harvest only), fill unvoiced frames (``unvoiced_f0 =
+    'interpolate'``, RVC's current behaviour; ``'keep'`` leaves them 0 as the classic pipeline
+    does, so ``protect`` applies), transpose, quantise.
     """
-    from agents.voice.f0 import coarse_f0, median_filter_f0, shift_f0
+    from agents.voice.f0 import coarse_f0, interpolate_unvoiced, median_filter_f0, shift_f0
 
-    f0 = np.asarray(extractor.compute(np.asarray(audio16k, dtype=np.float32), p_len))
-    f0 = shift_f0(f0, f0_up_key)
-    radius = median_radius(filter_radius)
+    # The whole track first, cut to ``p_len`` last: the median at the end then sees the real
+    # frames after it, not padding.
+    f0 = np.asarray(extractor.compute(np.asarray(audio16k, dtype=np.float32)))
+    radius = median_radius(filter_radius, extractor.name)
     if radius:
         f0 = median_filter_f0(f0, radius)
-    f0 = np.asarray(f0, dtype=np.float32)[:p_len]
+    if unvoiced_f0 == "interpolate":
+        f0 = interpolate_unvoiced(f0)
+    f0 = shift_f0(f0, f0_up_key)[:p_len]
+    f0 = np.pad(f0, (0, p_len - len(f0))).astype(np.float32)
     return coarse_f0(f0), f0
 
 
@@ -135,6 +143,19 @@ def retrieve_features(
     if isinstance(blended, torch.Tensor):
         blended = blended.detach().cpu().numpy()
     return np.asarray(blended, dtype=np.float32)
+
+
+# HuBERT's framing (400-sample window, 320-sample hop) gives 2 * features one or two frames
+# short of the pitch grid; RVC renders only the frames the features cover.
+FEATURE_SHORTFALL = 2
+
+
+def rendered_frames(frames: int, feature_frames: int) -> int:
+    """How many of a piece's ``frames`` pitch frames are synthesised: RVC's
+    ``min(frames, 2 * feature_frames)``, so the prior noise has RVC's shape and the same seed
+    gives RVC's output. A longer shortfall (another encoder's framing) is padded instead."""
+    covered = FEATURE_UPSAMPLE * feature_frames
+    return covered if frames - FEATURE_SHORTFALL <= covered < frames else frames
 
 
 def upsample_features(features: torch.Tensor, frames: int) -> torch.Tensor:
@@ -166,16 +187,20 @@ def protect_unvoiced(
 
 
 def _rms_envelope(audio: np.ndarray, sr: int, length: int) -> np.ndarray:
-    """RMS over 1 s frames every 0.5 s (centred), interpolated to ``length`` samples."""
+    """RMS over 1 s frames every 0.5 s, stretched to ``length`` samples, as RVC's ``change_rms``.
+
+    Frames are centred on zero-padded audio (``librosa.feature.rms``); the stretch is
+    ``torch.nn.functional.interpolate(mode='linear')``, which samples frame positions
+    ``(i + 0.5) * frames / length - 0.5`` (not end to end) and holds the edge values.
+    """
     frame, hop = sr // 2 * 2, sr // 2
     padded = np.pad(np.asarray(audio, dtype=np.float64), (frame // 2, frame // 2))
     count = 1 + max(0, (len(padded) - frame) // hop)
     squares = np.concatenate(([0.0], np.cumsum(padded**2)))
     starts = np.arange(count) * hop
-    rms = np.sqrt((squares[starts + frame] - squares[starts]) / frame)
-    if count == 1:
-        return np.full(length, rms[0])
-    return np.interp(np.linspace(0, count - 1, length), np.arange(count), rms)
+    rms = np.sqrt(np.maximum(squares[starts + frame] - squares[starts], 0.0) / frame)
+    positions = (np.arange(length) + 0.5) * (count / length) - 0.5
+    return np.interp(np.maximum(positions, 0.0), np.arange(count), rms)
 
 
 def mix_volume_envelope(
@@ -183,7 +208,8 @@ def mix_volume_envelope(
 ) -> np.ndarray:
     """Give ``converted`` the volume envelope ``source^(1-rate) * converted^rate``.
 
-    ``rate`` 1 keeps the converted audio's own loudness contour; 0 copies the source's.
+    ``rate`` 1 keeps the converted audio's own loudness contour; 0 copies the source's. The gain
+    curve is RVC's ``change_rms`` (tests/unit/test_rvc_oracle_pipeline.py holds them equal).
     """
     if rate >= 1.0 or len(converted) == 0:
         return converted
@@ -281,6 +307,7 @@ def prepare_piece(
             f"({voice_model.version}) needs {voice_model.phone_dim}",
         )
     converted = torch.from_numpy(retrieve_features(source.numpy(), index, params.index_rate))
+    frames = rendered_frames(frames, source.shape[0])
     converted = upsample_features(converted, frames)
     use_pitch = voice_model.f0 and pitch is not None and pitchf is not None
     if not use_pitch:
@@ -360,7 +387,12 @@ def convert_audio16k(
             raise ValueError("a pitch-guided voice model needs an f0 extractor")
         progress(0.02, f"pitch ({f0_extractor.name})")
         pitch, pitchf = pitch_track(
-            padded, len(padded) // WINDOW, f0_extractor, params.f0_up_key, params.filter_radius
+            padded,
+            len(padded) // WINDOW,
+            f0_extractor,
+            params.f0_up_key,
+            params.filter_radius,
+            params.unvoiced_f0,
         )
 
     pieces = _pieces(padded, length, pad, windows, audio16k)

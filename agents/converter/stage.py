@@ -30,7 +30,7 @@ from agents.converter.models import (
     shared_cache,
 )
 from agents.voice import world
-from schemas.events import ConversionOptions
+from schemas.events import ConversionOptions, ConversionQuality
 from streams.device import resolve_device
 from streams.errors import StageError
 from streams.logging import get_logger
@@ -55,6 +55,8 @@ class ConversionResult:
     backend: Backend
     sample_rate: int
     duration_s: float
+    semitones: int = 0  # the key applied
+    key_method: str = "requested"  # or 'auto_octave' (WORLD)
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,11 @@ def convert_vocals(
     progress: ProgressFn = _no_progress,
     out_path: Path | None = None,
     cache: ModelCache | None = None,
+    key: int | None = None,
 ) -> ConversionResult:
     """Convert the vocals at ``vocals_path`` into the voice in ``voice_dir_or_files``.
+
+    ``key`` fixes the transpose (no automatic octave): the backing vocals get the lead's key.
 
     Writes FLAC at ``settings.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
     Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
@@ -231,12 +236,23 @@ def convert_vocals(
     if voice.backend == "world":
         profile = world.VoiceProfile.load(voice.model)
         log.info("converting with the WORLD fallback voice", backend=world.BACKEND)
-        # WORLD has its own trackers: Harvest when asked for, else DIO (fast, fine on stems).
-        f0_method = "harvest" if params.f0_method == "harvest" else "dio"
-        converted = world.convert_world(
-            vocals, sr, profile, params.f0_up_key, True, progress, f0_method
+        # WORLD's analysis: FCPE + StoneMask (+ DIO where FCPE hears nothing) unless a WORLD
+        # tracker is asked for by name.
+        f0_method = params.f0_method if params.f0_method in ("harvest", "dio") else "fcpe"
+        converted, report = world.convert_world_with_report(
+            vocals,
+            sr,
+            profile,
+            params.f0_up_key if key is None else key,
+            key is None,
+            progress,
+            f0_method,
         )
+        semitones, key_method = report.semitones, report.key_method
     else:
+        if key is not None:
+            params = params.model_copy(update={"f0_up_key": key})
+        semitones, key_method = params.f0_up_key, "requested"
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
         if out_sr != sr:
             from agents.voice.audio import resample
@@ -249,5 +265,38 @@ def convert_vocals(
     sf.write(str(out_path), converted, sr, format="FLAC", subtype="PCM_24")
     progress(1.0, "vocals converted")
     return ConversionResult(
-        path=out_path, backend=voice.backend, sample_rate=sr, duration_s=len(converted) / sr
+        path=out_path,
+        backend=voice.backend,
+        sample_rate=sr,
+        duration_s=len(converted) / sr,
+        semitones=semitones,
+        key_method=key_method,
+    )
+
+
+def measure_quality(
+    vocals_path: Path,
+    result: ConversionResult,
+    dataset_files: Sequence[Path],
+    backing_converted: bool = False,
+) -> ConversionQuality:
+    """The quality report of a conversion (``dataset_files``: the voice's recordings; empty
+    when the job named a model, and then there is no similarity to report)."""
+    from agents.voice import quality
+    from agents.voice.audio import load_audio
+
+    sr = quality.ANALYSIS_SR
+    voice = (
+        quality.speaker_embedding([(load_audio(path, sr), sr) for path in dataset_files])
+        if dataset_files
+        else None
+    )
+    figures = quality.measure(
+        load_audio(vocals_path, sr), load_audio(result.path, sr), sr, result.semitones, voice
+    )
+    return ConversionQuality(
+        **figures.__dict__,
+        key_semitones=result.semitones,
+        key_method=result.key_method,  # type: ignore[arg-type]
+        backing_converted=backing_converted,
     )

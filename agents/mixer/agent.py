@@ -61,6 +61,7 @@ def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
         url_expires_at=signed_at + timedelta(seconds=expiry_s),
         timings_s=stage_timings([*event.history, mixer_run], event.occurred_at, finished_at),
         cache_hit=cache_hit,
+        quality=event.quality,
     )
 
 
@@ -69,8 +70,10 @@ def _mix(event: VocalsConverted, ctx: StageContext, local_track: Path) -> MixRes
         VOCALS: fetch(ctx, event.keys.converted_vocals, "converted_vocals.flac"),
         ACCOMPANIMENT: fetch(ctx, event.keys.accompaniment, "accompaniment.flac"),
     }
-    if event.keys.backing_vocals:
-        stems[BACKING_VOCALS] = fetch(ctx, event.keys.backing_vocals, "backing_vocals.flac")
+    # The converted backing vocals when the converter made them, else the separated ones.
+    backing = event.converted_backing or event.keys.backing_vocals
+    if backing:
+        stems[BACKING_VOCALS] = fetch(ctx, backing, "backing_vocals.flac")
     return mix_track(stems, event.options.mix, event.options.output, local_track, ctx.progress)
 
 

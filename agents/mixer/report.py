@@ -182,8 +182,10 @@ def render_report(
     converted_vocals: Path | None,
     mix: Path | None,
     out_png: Path,
+    quality: dict[str, Any] | None = None,
 ) -> Path:
-    """Draw the report of whichever of the three files are given into ``out_png``."""
+    """Draw the report of whichever of the three files are given into ``out_png``; the
+    conversion's quality figures (``track.ready``'s ``quality``) head the page when given."""
     tracks = [
         _load(name, path)
         for name, path in ((ORIGINAL, original_vocals), (CONVERTED, converted_vocals), (MIX, mix))
@@ -198,8 +200,14 @@ def render_report(
     # extent to lay them out cost as much as drawing the whole figure.
     figure = Figure(figsize=(16, 3.2 * rows))
     FigureCanvasAgg(figure)
+    if quality:
+        figure.suptitle(quality_caption(quality), fontsize=10, y=1 - 0.08 / (3.2 * rows))
     figure.subplots_adjust(
-        left=0.05, right=0.99, top=1 - 0.35 / (3.2 * rows), bottom=0.6 / (3.2 * rows), hspace=0.45
+        left=0.05,
+        right=0.99,
+        top=1 - (0.6 if quality else 0.35) / (3.2 * rows),
+        bottom=0.6 / (3.2 * rows),
+        hspace=0.45,
     )
     axes = figure.subplots(rows, 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1.4]})
     # One time axis for every panel, so a moment lines up down the page.
@@ -224,6 +232,23 @@ def render_report(
     return out_png
 
 
+def quality_caption(quality: dict[str, Any]) -> str:
+    """One line of the quality report for the page head."""
+
+    def shown(name: str, fmt: str) -> str:
+        value = quality.get(name)
+        return "n/a" if value is None else format(value, fmt)
+
+    return (
+        f"similarity to the voice {shown('speaker_similarity', '.2f')} "
+        f"(source vocals {shown('source_similarity', '.2f')})  ·  "
+        f"f0 error {shown('f0_error_cents', '.0f')} cents  ·  "
+        f"voiced frames kept {shown('voiced_kept', '.0%')}  ·  "
+        f"key {int(quality.get('key_semitones', 0)):+d} ({quality.get('key_method', 'requested')})"
+        + ("  ·  backing vocals converted" if quality.get("backing_converted") else "")
+    )
+
+
 def _latest_job_event(store: ObjectStore, job_id: str) -> dict[str, Any]:
     try:
         return dict(get_json(store, job_event_key(job_id, "track.ready")))
@@ -244,7 +269,8 @@ def _latest_job_event(store: ObjectStore, job_id: str) -> dict[str, Any]:
 
 def report_for_job(store: ObjectStore, job_id: str, out_png: Path) -> Path:
     """Render the report of a job from the keys its latest recorded event carries."""
-    keys: dict[str, str | None] = _latest_job_event(store, job_id).get("keys") or {}
+    event = _latest_job_event(store, job_id)
+    keys: dict[str, str | None] = event.get("keys") or {}
     wanted = {"original": keys.get("vocals"), "converted": keys.get("converted_vocals")}
     wanted["mix"] = keys.get("track")
     with tempfile.TemporaryDirectory(prefix="singtome-report-") as tmp:
@@ -253,4 +279,6 @@ def report_for_job(store: ObjectStore, job_id: str, out_png: Path) -> Path:
             local[role] = (
                 store.get_file(key, Path(tmp) / f"{role}{Path(key).suffix}") if key else None
             )
-        return render_report(local["original"], local["converted"], local["mix"], out_png)
+        return render_report(
+            local["original"], local["converted"], local["mix"], out_png, event.get("quality")
+        )

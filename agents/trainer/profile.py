@@ -46,7 +46,7 @@ def _native_rate(path: Path) -> int:
 
 
 def learn_profile(
-    dataset_files: Sequence[Path], progress: ProgressFn = _no_progress, f0_method: str = "dio"
+    dataset_files: Sequence[Path], progress: ProgressFn = _no_progress, f0_method: str = "fcpe"
 ) -> VoiceProfile:
     """The voice profile of the person heard in ``dataset_files`` (any audio ffmpeg decodes).
 
@@ -76,7 +76,7 @@ def learn_profile(
         "voice profile learned",
         files=total,
         voiced_s=round(profile.voiced_s, 1),
-        f0_mean_hz=round(profile.f0_mean_hz, 1),
+        f0_median_hz=round(profile.f0_median_hz, 1),
     )
     return profile
 

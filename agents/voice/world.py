@@ -36,12 +36,21 @@ from streams.logging import get_logger
 
 BACKEND = "world"
 PROFILE_KIND = "singtome-world-voice-profile"
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1 has no pitch histogram: its mean stands in for the median
 
 FRAME_PERIOD_MS = 5.0
 F0_FLOOR_HZ = 50.0
-F0_CEIL_HZ = 1100.0
-F0_METHODS = ("dio", "harvest")
+# Above RVC's 1100 Hz: sopranos reach C6 (1047 Hz) and their vibrato goes past it.
+F0_CEIL_HZ = 1400.0
+# 'fcpe' (default): FCPE's track (its weights ship in torchfcpe) refined by StoneMask, with DIO
+# filling frames FCPE leaves unvoiced; DIO and Harvest alone lose high notes.
+F0_METHODS = ("fcpe", "dio", "harvest")
+# Frames this far below a piece's loudest are rests: no pitch there, whatever a tracker says.
+F0_LEVEL_FLOOR_DB = 50.0
+# The pitch histogram behind a profile's median: 10-cent bins from F0_FLOOR_HZ up.
+HISTOGRAM_CENTS = 10.0
+HISTOGRAM_BINS = int(1200.0 * math.log2(2000.0 / 50.0) / 10.0) + 1
 
 # Envelopes are stored on one fixed grid so profiles made from audio at any sample rate compare.
 GRID_HZ = np.linspace(0.0, 24000.0, 1025)
@@ -51,11 +60,15 @@ LEVEL_BAND_HZ = (100.0, 5000.0)
 FRAME_FLOOR_DB = 40.0
 # Formant positions are compared where speech has most of its formant energy.
 WARP_BAND_HZ = (150.0, 6000.0)
+# The warp moves formants (below WARP_FULL_HZ) and fades out by WARP_NONE_HZ: the band above,
+# breath and sibilance, keeps its frequencies (a whole-band warp down would leave a hole at the
+# top, a warp up would fold it away).
+WARP_FULL_HZ = 5000.0
+WARP_NONE_HZ = 8000.0
 MAX_WARP = 1.25  # ~ the vocal-tract-length spread between adult voices
 WARP_STEPS = 61
 WARP_PENALTY = 2.0  # prefer no warp when the fit barely improves
 MAX_FILTER_DB = 12.0
-OCTAVE_LEAN = 0.25  # octaves; see key_shift_semitones
 FILTER_SMOOTH_HZ = 250.0
 
 # Pieces of about this length are analysed and synthesised at a time (bounded memory).
@@ -88,10 +101,24 @@ class VoiceProfile:
     envelope_db: np.ndarray  # mean level-normalised log envelope on GRID_HZ, dB
     envelope_frames: np.ndarray  # voiced frames that reached each grid frequency
     voiced_s: float
+    f0_histogram: np.ndarray | None = None  # voiced frames per HISTOGRAM_CENTS bin
+    # Long-term average spectrum of the voice (level-normalised, dB on GRID_HZ; format 2).
+    spectrum_db: np.ndarray | None = None
+    spectrum_frames: np.ndarray | None = None
+    codebook: np.ndarray | None = None  # (n, len(SHAPE_HZ)) envelope shapes of the voice, dB
 
     @property
     def f0_mean_hz(self) -> float:
         return float(math.exp(self.log_f0_mean)) if self.voiced_s > 0 else 0.0
+
+    @property
+    def f0_median_hz(self) -> float:
+        """The median pitch of the voiced frames (the mean for a format-1 profile)."""
+        if self.f0_histogram is None or self.f0_histogram.sum() <= 0:
+            return self.f0_mean_hz
+        cumulative = np.cumsum(self.f0_histogram)
+        middle = int(np.searchsorted(cumulative, cumulative[-1] / 2.0))
+        return float(F0_FLOOR_HZ * 2.0 ** ((middle + 0.5) * HISTOGRAM_CENTS / 1200.0))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -107,7 +134,23 @@ class VoiceProfile:
                 envelope_db=np.asarray(self.envelope_db, dtype=np.float64),
                 envelope_frames=np.asarray(self.envelope_frames, dtype=np.float64),
                 voiced_s=np.array(self.voiced_s, dtype=np.float64),
-            )
+                f0_histogram=np.asarray(
+                    self.f0_histogram if self.f0_histogram is not None
+                    else np.zeros(HISTOGRAM_BINS), dtype=np.float64,
+                ),
+                spectrum_db=np.asarray(
+                    self.spectrum_db if self.spectrum_db is not None else np.zeros_like(GRID_HZ),
+                    dtype=np.float64,
+                ),
+                spectrum_frames=np.asarray(
+                    self.spectrum_frames if self.spectrum_frames is not None
+                    else np.zeros_like(GRID_HZ), dtype=np.float64,
+                ),
+                codebook=np.asarray(
+                    self.codebook if self.codebook is not None
+                    else np.zeros((0, len(SHAPE_HZ))), dtype=np.float64,
+                ),
+            )  # fmt: skip
         return path
 
     @classmethod
@@ -119,7 +162,7 @@ class VoiceProfile:
             raise StageError("invalid_model", f"not a WORLD voice profile: {exc}") from None
         if str(arrays.get("kind", "")) != PROFILE_KIND:
             raise StageError("invalid_model", f"{Path(path).name} is not a WORLD voice profile")
-        if int(arrays.get("format", -1)) != PROFILE_FORMAT:
+        if int(arrays.get("format", -1)) not in READABLE_FORMATS:
             raise StageError(
                 "invalid_model", f"WORLD profile format {arrays.get('format')} is not supported"
             )
@@ -140,13 +183,44 @@ class VoiceProfile:
             or not (np.all(np.isfinite(envelope)) and np.all(np.isfinite(log_f0)))
         ):
             raise StageError("invalid_model", f"{Path(path).name}: malformed WORLD voice profile")
+        histogram = arrays.get("f0_histogram")
+        if histogram is not None and (
+            histogram.shape != (HISTOGRAM_BINS,) or not np.all(np.isfinite(histogram))
+        ):
+            raise StageError("invalid_model", f"{Path(path).name}: malformed pitch histogram")
+        spectrum, spectrum_frames = arrays.get("spectrum_db"), arrays.get("spectrum_frames")
+        if (spectrum is None) != (spectrum_frames is None) or (
+            spectrum is not None
+            and (
+                spectrum.shape != GRID_HZ.shape
+                or spectrum_frames.shape != GRID_HZ.shape
+                or not np.all(np.isfinite(spectrum))
+            )
+        ):
+            raise StageError("invalid_model", f"{Path(path).name}: malformed voice spectrum")
         return cls(
             log_f0_mean=float(log_f0[0]),
             log_f0_std=float(log_f0[1]),
             envelope_db=envelope.astype(np.float64),
             envelope_frames=frames.astype(np.float64),
             voiced_s=float(arrays.get("voiced_s", 0.0)),
+            f0_histogram=None if histogram is None else histogram.astype(np.float64),
+            spectrum_db=None if spectrum is None else spectrum.astype(np.float64),
+            spectrum_frames=None if spectrum_frames is None else spectrum_frames.astype(float),
+            codebook=_checked_codebook(arrays.get("codebook"), path),
         )
+
+
+def _checked_codebook(codebook: np.ndarray | None, path: str | Path) -> np.ndarray | None:
+    if codebook is None:
+        return None
+    if (
+        codebook.ndim != 2
+        or codebook.shape[1] != len(SHAPE_HZ)
+        or not np.all(np.isfinite(codebook))
+    ):
+        raise StageError("invalid_model", f"{Path(path).name}: malformed envelope codebook")
+    return codebook.astype(np.float64) if len(codebook) else None
 
 
 def is_profile_file(path: str | Path) -> bool:
@@ -158,6 +232,36 @@ def is_profile_file(path: str | Path) -> bool:
         return False
 
 
+# Envelope shapes for retrieval: level-normalised dB at mel-spaced frequencies up to 8 kHz.
+SHAPE_HZ = 700.0 * (
+    np.power(10.0, np.linspace(np.log10(1 + 80 / 700), np.log10(1 + 8000 / 700), 48)) - 1
+)
+CODEBOOK_SIZE = 96
+CODEBOOK_MAX_FRAMES = 40_000
+
+
+def shape_vectors(envelope: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(shapes (frames, len(SHAPE_HZ)) dB, levels dB, bin frequencies)`` of CheapTrick
+    envelopes at ``sr``."""
+    fft_size = (envelope.shape[1] - 1) * 2
+    bins_hz = np.arange(envelope.shape[1]) * sr / fft_size
+    decibels = 10.0 * np.log10(envelope + 1e-16)
+    level = decibels[:, _band(bins_hz, LEVEL_BAND_HZ)].mean(axis=1)
+    shapes = np.stack([np.interp(SHAPE_HZ, bins_hz, row) for row in decibels]) - level[:, None]
+    return shapes, level, bins_hz
+
+
+def learn_codebook(shapes: np.ndarray, size: int | None = None, seed: int = 0) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+
+    size = CODEBOOK_SIZE if size is None else size
+    if len(shapes) <= size:
+        return np.asarray(shapes, dtype=np.float64)
+    centres, labels = kmeans2(np.asarray(shapes, np.float64), size, minit="++", seed=seed)
+    used = np.bincount(labels, minlength=size) > 0
+    return centres[used]
+
+
 class EnvelopeStats:
     """Running sums for a profile: log-f0 moments and the average envelope shape."""
 
@@ -167,6 +271,10 @@ class EnvelopeStats:
         self.log_f0_sum = 0.0
         self.log_f0_sq_sum = 0.0
         self.voiced_frames = 0
+        self.f0_histogram = np.zeros(HISTOGRAM_BINS)
+        self.spectrum = LongTermSpectrum()
+        self.shapes: list[np.ndarray] = []
+        self._shape_count = 0
 
     def add(self, f0: np.ndarray, envelope: np.ndarray, sr: int) -> None:
         """Add frames: ``f0`` (Hz, 0 unvoiced) and their CheapTrick power envelopes at ``sr``."""
@@ -177,6 +285,8 @@ class EnvelopeStats:
         self.log_f0_sum += float(log_f0.sum())
         self.log_f0_sq_sum += float(np.square(log_f0).sum())
         self.voiced_frames += int(voiced.sum())
+        bins = np.floor(1200.0 * np.log2(f0[voiced] / F0_FLOOR_HZ) / HISTOGRAM_CENTS)
+        np.add.at(self.f0_histogram, np.clip(bins.astype(int), 0, HISTOGRAM_BINS - 1), 1.0)
 
         fft_size = (envelope.shape[1] - 1) * 2
         bins_hz = np.arange(envelope.shape[1]) * sr / fft_size
@@ -188,6 +298,10 @@ class EnvelopeStats:
         reach = 0.98 * sr / 2 >= GRID_HZ
         self.envelope_sum[reach] += np.interp(GRID_HZ[reach], bins_hz, shape_sum)
         self.envelope_frames[reach] += int(loud.sum())
+        if self._shape_count < CODEBOOK_MAX_FRAMES and sr >= 2 * SHAPE_HZ[-1]:
+            shapes, _, _ = shape_vectors(envelope[voiced][loud][::2], sr)
+            self.shapes.append(shapes[: CODEBOOK_MAX_FRAMES - self._shape_count])
+            self._shape_count += len(self.shapes[-1])
 
     def profile(self, frame_period_ms: float = FRAME_PERIOD_MS) -> VoiceProfile:
         n = self.voiced_frames
@@ -205,7 +319,49 @@ class EnvelopeStats:
             envelope_db=envelope,
             envelope_frames=self.envelope_frames.copy(),
             voiced_s=n * frame_period_ms / 1000.0,
+            f0_histogram=self.f0_histogram.copy(),
+            spectrum_db=self.spectrum.mean_db(),
+            spectrum_frames=self.spectrum.frames.copy(),
+            codebook=learn_codebook(np.concatenate(self.shapes)) if self.shapes else None,
         )
+
+
+class LongTermSpectrum:
+    """The average power spectrum of the loud frames of some audio, each frame's level removed
+    first (as for the envelopes), in dB on GRID_HZ: the voice's spectral balance, the band
+    above 8 kHz included (where envelopes say little: it is breath, not harmonics)."""
+
+    FFT = 2048
+
+    def __init__(self) -> None:
+        self.power_sum = np.zeros_like(GRID_HZ)
+        self.frames = np.zeros_like(GRID_HZ)
+
+    def add(self, audio: np.ndarray, sr: int) -> None:
+        x = np.asarray(audio, dtype=np.float64)
+        if len(x) < self.FFT:
+            return
+        window = np.hanning(self.FFT)
+        bins_hz = np.fft.rfftfreq(self.FFT, 1.0 / sr)
+        level_band = _band(bins_hz, LEVEL_BAND_HZ)
+        reach = 0.98 * sr / 2 >= GRID_HZ
+        starts = np.arange(0, len(x) - self.FFT + 1, self.FFT // 2)
+        for block in range(0, len(starts), 256):
+            frames = np.stack([x[i : i + self.FFT] for i in starts[block : block + 256]])
+            power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2 + 1e-20
+            level = power[:, level_band].mean(axis=1)
+            loud = level >= level.max() * 10.0 ** (-FRAME_FLOOR_DB / 10.0)
+            if not loud.any():
+                continue
+            shape = (power[loud] / level[loud, None]).sum(axis=0)
+            self.power_sum[reach] += np.interp(GRID_HZ[reach], bins_hz, shape)
+            self.frames[reach] += int(loud.sum())
+
+    def mean_db(self) -> np.ndarray:
+        mean = np.divide(
+            self.power_sum, self.frames, out=np.zeros_like(self.power_sum), where=self.frames > 0
+        )
+        return np.where(self.frames > 0, 10.0 * np.log10(np.maximum(mean, 1e-20)), 0.0)
 
 
 def _band(freqs_hz: np.ndarray, band: tuple[float, float]) -> np.ndarray:
@@ -246,17 +402,64 @@ class FrameGrid:
 
 
 def _f0(audio: np.ndarray, sr: int, method: str) -> np.ndarray:
+    """f0 (Hz, 0 unvoiced) per WORLD frame of ``audio`` with the named tracker."""
     import pyworld
 
     if method == "harvest":
-        f0, _ = pyworld.harvest(
+        f0, times = pyworld.harvest(
             audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
         )
-        return np.asarray(f0)
+        return np.asarray(pyworld.stonemask(audio, f0, times, sr))
     f0, times = pyworld.dio(
         audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
     )
-    return np.asarray(pyworld.stonemask(audio, f0, times, sr))
+    dio = np.asarray(pyworld.stonemask(audio, f0, times, sr))
+    if method == "dio":
+        return dio
+    fcpe = _fcpe_on_world_frames(audio, sr, len(dio))
+    # FCPE decides where the voice sings and roughly at what pitch; StoneMask refines it from
+    # the signal at full rate; DIO covers what FCPE leaves unvoiced.
+    refined = np.asarray(pyworld.stonemask(audio, fcpe, times, sr)) if np.any(fcpe > 0) else fcpe
+    refined = np.where((fcpe > 0) & (refined > 0), refined, fcpe)
+    combined = np.where(refined > 0, refined, dio)
+    return np.where(_audible(audio, sr, len(dio)), combined, 0.0)
+
+
+def _audible(audio: np.ndarray, sr: int, frames: int) -> np.ndarray:
+    """Frames within :data:`F0_LEVEL_FLOOR_DB` of the loudest (20 ms windows)."""
+    window = max(1, int(0.02 * sr))
+    centres = (np.arange(frames) * FRAME_PERIOD_MS / 1000.0 * sr).astype(int)
+    squares = np.concatenate(([0.0], np.cumsum(np.square(audio, dtype=np.float64))))
+    lo = np.clip(centres - window // 2, 0, len(audio))
+    hi = np.clip(centres + window // 2, 0, len(audio))
+    level = (squares[hi] - squares[lo]) / np.maximum(hi - lo, 1)
+    top = float(level.max()) if level.size else 0.0
+    return level > top * 10.0 ** (-F0_LEVEL_FLOOR_DB / 10.0) if top > 0 else level > 0
+
+
+_FCPE_RATE = 16000
+
+
+def _fcpe_on_world_frames(audio: np.ndarray, sr: int, frames: int) -> np.ndarray:
+    """FCPE's 10 ms track moved onto WORLD's 5 ms frames (log-linear between voiced frames)."""
+    from agents.voice.f0.fcpe import FcpeExtractor
+
+    global _FCPE
+    if _FCPE is None:
+        _FCPE = FcpeExtractor(f0_max=F0_CEIL_HZ)
+    x16 = _resample(np.asarray(audio, dtype=np.float64), sr, _FCPE_RATE).astype(np.float32)
+    track = np.asarray(_FCPE.compute(x16), dtype=np.float64)
+    if not np.any(track > 0):
+        return np.zeros(frames)
+    position = np.arange(frames) * FRAME_PERIOD_MS / 10.0
+    nearest = np.clip(np.rint(position).astype(int), 0, len(track) - 1)
+    voiced = track[nearest] > 0
+    indices = np.flatnonzero(track > 0)
+    log_f0 = np.interp(position, indices, np.log(track[indices]))
+    return np.where(voiced, np.exp(log_f0), 0.0)
+
+
+_FCPE = None
 
 
 def _fit_frames(values: np.ndarray, frames: int) -> np.ndarray:
@@ -307,7 +510,7 @@ def analyse_f0_and_envelope(
     audio: np.ndarray,
     sr: int,
     stats: EnvelopeStats,
-    f0_method: str = "dio",
+    f0_method: str = "fcpe",
     progress: ProgressFn = _no_progress,
 ) -> np.ndarray:
     """f0 of ``audio`` (Hz per 5 ms frame) while adding its envelope statistics to ``stats``.
@@ -340,6 +543,7 @@ def _analyse(
         count = grid.frame(end - start) + (1 if end == last else 0)
         own_f0 = segment_f0[first : first + count]
         f0[grid.frame(start) : grid.frame(start) + count] = own_f0
+        stats.spectrum.add(split.audio[start:end], sr)
         if np.any(own_f0 > 0):
             envelope = pyworld.cheaptrick(segment, segment_f0, grid.times(frames), sr)
             stats.add(own_f0, envelope[first : first + count], sr)
@@ -370,7 +574,7 @@ class EnvelopeMap:
         bins_hz = np.arange(bins) * sr / fft_size
         log_envelope = np.log(envelope + 1e-16)
         if self.warp != 1.0:
-            position = np.clip(np.arange(bins) / self.warp, 0, bins - 1)
+            position = np.clip(source_frequency(bins_hz, self.warp) * fft_size / sr, 0, bins - 1)
             below = np.minimum(position.astype(int), bins - 2)
             weight = position - below
             log_envelope = (
@@ -380,8 +584,17 @@ class EnvelopeMap:
         return np.exp(log_envelope + gain[None, :])
 
 
+def source_frequency(freqs_hz: np.ndarray, warp: float) -> np.ndarray:
+    """Where the warp takes each output frequency from: ``f / warp`` up to WARP_FULL_HZ, a
+    straight line back to ``f`` itself at WARP_NONE_HZ, and ``f`` above (monotonic)."""
+    f = np.asarray(freqs_hz, dtype=np.float64)
+    start = WARP_FULL_HZ / warp
+    ramp = start + (f - WARP_FULL_HZ) * (WARP_NONE_HZ - start) / (WARP_NONE_HZ - WARP_FULL_HZ)
+    return np.where(f <= WARP_FULL_HZ, f / warp, np.where(f >= WARP_NONE_HZ, f, ramp))
+
+
 def _warped(values: np.ndarray, warp: float) -> np.ndarray:
-    return np.interp(GRID_HZ / warp, GRID_HZ, values)
+    return np.interp(source_frequency(GRID_HZ, warp), GRID_HZ, values)
 
 
 def fit_envelope_map(source: VoiceProfile, target: VoiceProfile) -> EnvelopeMap:
@@ -427,19 +640,17 @@ def key_shift_semitones(
     source: VoiceProfile, target: VoiceProfile, f0_up_key: int, auto_key: bool
 ) -> int:
     """Semitones to move the vocals: the requested transpose plus, when ``auto_key``, the whole
-    octaves that bring their average pitch toward the target voice's.
+    octaves that put the vocals' median pitch nearest the target voice's median.
 
     Only octaves are added automatically because the vocals are mixed back over an accompaniment
-    that is not transposed: any other interval would put the singer out of key. The octave count
-    leans toward fewer shifts by :data:`OCTAVE_LEAN` because people sing higher than they speak
-    and a profile is often learned from speech.
+    that is not transposed: any other interval would put the singer out of key. Medians of
+    FCPE's pitch (robust to the octave errors and lost high notes of WORLD's trackers) decide.
     """
-    if not auto_key or source.voiced_s <= 0 or target.voiced_s <= 0:
+    source_hz, target_hz = source.f0_median_hz, target.f0_median_hz
+    if not auto_key or source.voiced_s <= 0 or target.voiced_s <= 0 or not source_hz > 0:
         return f0_up_key
-    transposed = source.log_f0_mean + f0_up_key * math.log(2.0) / 12.0
-    distance = (target.log_f0_mean - transposed) / math.log(2.0)
-    octaves = int(math.copysign(math.floor(abs(distance) + 0.5 - OCTAVE_LEAN), distance))
-    return f0_up_key + 12 * octaves
+    distance = math.log2(target_hz / source_hz) - f0_up_key / 12.0
+    return f0_up_key + 12 * round(distance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -467,6 +678,88 @@ def _aperiodicity(
     return np.ascontiguousarray(coarse[:, below] * (1 - weight) + coarse[:, below + 1] * weight)
 
 
+# Frame-by-frame retrieval: each voiced frame's envelope shape moves part of the way
+# (RETRIEVAL_RATE; 1: all the way) toward the mean of its nearest shapes among the voice's own
+# frames (a codebook learned from the dataset), below RETRIEVAL_TOP_HZ: what one average filter
+# cannot give, the voice's own vowel shapes (as RVC's index does with content features).
+RETRIEVAL_RATE = 1.0
+RETRIEVAL_NEIGHBOURS = 4
+RETRIEVAL_TOP_HZ = 7000.0
+
+
+def _apply_retrieval(
+    mapped: np.ndarray, f0: np.ndarray, sr: int, codebook: np.ndarray | None
+) -> np.ndarray:
+    if codebook is None or len(codebook) == 0 or RETRIEVAL_RATE <= 0:
+        return mapped
+    voiced = f0 > 0
+    if not voiced.any():
+        return mapped
+    shapes, _, bins_hz = shape_vectors(mapped[voiced], sr)
+    distance = ((shapes[:, None, :] - codebook[None, :, :]) ** 2).sum(axis=2)
+    k = min(RETRIEVAL_NEIGHBOURS, len(codebook))
+    nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]
+    weight = 1.0 / np.maximum(np.take_along_axis(distance, nearest, axis=1), 1e-6)
+    weight /= weight.sum(axis=1, keepdims=True)
+    retrieved = np.einsum("fk,fkd->fd", weight, codebook[nearest])
+    change_db = (retrieved - shapes) * RETRIEVAL_RATE
+    fade = np.clip((RETRIEVAL_TOP_HZ - bins_hz) / 1000.0, 0.0, 1.0)
+    change = np.stack([np.interp(bins_hz, SHAPE_HZ, row) for row in change_db]) * fade
+    out = mapped.copy()
+    out[voiced] = mapped[voiced] * 10.0 ** (change / 10.0)
+    return out
+
+
+# The balance correction: smooth, bounded, loudness-neutral, and only above EQ_FROM_HZ (fading
+# in over 1 kHz): below, the envelope mapping and the retrieval already give the voice's shapes,
+# and an average EQ on top blurs them (bench/quality.py, one pair: speaker similarity 0.846
+# with the EQ over the whole band, 0.866 from 3 kHz up).
+EQ_FROM_HZ = 3000.0
+EQ_SMOOTH_HZ = 400.0
+EQ_MAX_DB = 18.0
+EQ_TAPS = 1023
+
+
+def spectrum_correction_db(output: LongTermSpectrum, profile: VoiceProfile) -> np.ndarray:
+    """dB per GRID_HZ that gives ``output``'s long-term spectrum the profile voice's balance."""
+    if profile.spectrum_db is None or profile.spectrum_frames is None:
+        return np.zeros_like(GRID_HZ)
+    reach = (output.frames > 0) & (profile.spectrum_frames > 0)
+    if reach.sum() < 16:
+        return np.zeros_like(GRID_HZ)
+    raw = np.where(reach, profile.spectrum_db - output.mean_db(), 0.0)
+    width = max(1, round(EQ_SMOOTH_HZ / float(GRID_HZ[1] - GRID_HZ[0])))
+    kernel = np.ones(width) / width
+    smooth = np.convolve(raw, kernel, mode="same") / np.maximum(
+        np.convolve(reach.astype(float), kernel, mode="same"), 1e-9
+    )
+    correction = np.where(reach, np.clip(smooth, -EQ_MAX_DB, EQ_MAX_DB), 0.0)
+    correction *= np.clip((GRID_HZ - EQ_FROM_HZ) / 1000.0, 0.0, 1.0)
+    # Unchanged loudness: zero gain on average, weighted by where the output has its power.
+    power = np.where(reach, 10.0 ** (output.mean_db() / 10.0), 0.0)
+    if power.sum() > 0:
+        correction -= 10.0 * math.log10(
+            float(np.sum(power * 10.0 ** (correction / 10.0)) / power.sum())
+        )
+    return correction
+
+
+def match_spectrum(audio: np.ndarray, sr: int, profile: VoiceProfile) -> np.ndarray:
+    """``audio`` through a linear-phase EQ toward the profile's long-term spectrum."""
+    from scipy.signal import firwin2, oaconvolve
+
+    measured = LongTermSpectrum()
+    measured.add(audio, sr)
+    correction = spectrum_correction_db(measured, profile)
+    if not np.any(correction):
+        return audio
+    nyquist = sr / 2.0
+    freqs = np.concatenate((GRID_HZ[nyquist > GRID_HZ], [nyquist]))
+    gains = 10.0 ** (np.interp(freqs, GRID_HZ, correction) / 20.0)
+    taps = firwin2(EQ_TAPS, freqs / nyquist, gains)
+    return oaconvolve(np.asarray(audio, dtype=np.float64), taps, mode="same")
+
+
 def _resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
@@ -481,12 +774,27 @@ def convert_world(
     f0_up_key: int = 0,
     auto_key: bool = True,
     progress: ProgressFn = _no_progress,
-    f0_method: str = "dio",
+    f0_method: str = "fcpe",
 ) -> np.ndarray:
     """Vocals (mono, or ``(samples, channels)`` mixed to mono) sung in the profile's voice.
 
     Returns mono float32 at ``sr``, the same length as the input.
     """
+    return convert_world_with_report(vocals, sr, profile, f0_up_key, auto_key, progress, f0_method)[
+        0
+    ]
+
+
+def convert_world_with_report(
+    vocals: np.ndarray,
+    sr: int,
+    profile: VoiceProfile,
+    f0_up_key: int = 0,
+    auto_key: bool = True,
+    progress: ProgressFn = _no_progress,
+    f0_method: str = "fcpe",
+) -> tuple[np.ndarray, WorldReport]:
+    """:func:`convert_world`, and what it decided (key and how it was chosen, warp)."""
     import pyworld
 
     if f0_method not in F0_METHODS:
@@ -503,8 +811,8 @@ def convert_world(
         backend=BACKEND,
         semitones=semitones,
         formant_warp=round(mapping.warp, 3),
-        source_f0_hz=round(source.f0_mean_hz, 1),
-        target_f0_hz=round(profile.f0_mean_hz, 1),
+        source_median_hz=round(source.f0_median_hz, 1),
+        target_median_hz=round(profile.f0_median_hz, 1),
         pieces=len(split.pieces),
     )
 
@@ -517,17 +825,25 @@ def convert_world(
         times = grid.times(len(segment_f0))
         envelope = pyworld.cheaptrick(segment, segment_f0, times, sr)
         aperiodicity = _aperiodicity(segment, segment_f0, times, sr, envelope.shape[1])
-        mapped = np.ascontiguousarray(mapping.apply(envelope, sr))
+        mapped = mapping.apply(envelope, sr)
+        mapped = np.ascontiguousarray(_apply_retrieval(mapped, segment_f0, sr, profile.codebook))
         voice = pyworld.synthesize(segment_f0 * ratio, mapped, aperiodicity, sr, FRAME_PERIOD_MS)
         voice = _fit_frames(np.asarray(voice), high - low)
         out[start:end] = voice[start - low : end - low]
         progress(0.4 + 0.6 * (index + 1) / len(split.pieces), "resynthesising in the target voice")
 
-    out = out[: split.length]
+    out = match_spectrum(out[: split.length], sr, profile)
     peak = float(np.max(np.abs(out))) if out.size else 0.0
     if peak > 0.99:
         out *= 0.99 / peak
-    return out.astype(np.float32)
+    report = WorldReport(
+        semitones=semitones,
+        warp=mapping.warp,
+        key_method="auto_octave" if auto_key else "requested",
+        source_median_hz=source.f0_median_hz,
+        target_median_hz=profile.f0_median_hz,
+    )
+    return out.astype(np.float32), report
 
 
 @dataclass(frozen=True)
@@ -536,6 +852,9 @@ class WorldReport:
 
     semitones: int
     warp: float
+    key_method: str = "auto_octave"  # or 'requested' (f0_up_key only)
+    source_median_hz: float = 0.0
+    target_median_hz: float = 0.0
 
 
 def plan_world(

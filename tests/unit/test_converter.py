@@ -317,13 +317,16 @@ def test_pitch_step_shifts_by_exactly_two_to_the_key_over_twelve(semitones: int)
     np.testing.assert_allclose(f0[voiced] / raw[voiced], 2.0 ** (semitones / 12.0), rtol=1e-6)
     assert np.all(f0[~voiced] == 0)
     np.testing.assert_array_equal(coarse, coarse_f0(f0))
-    # filter_radius >= 3 adds RVC's median filter on top of the shift.
+    # filter_radius >= 3 adds RVC's 3-frame median on top of the shift (on the whole track).
     _, filtered = pitch_track(audio, p_len, extractor, semitones, filter_radius=3)
-    np.testing.assert_allclose(filtered, median_filter_f0(f0, 1), rtol=1e-6)
+    whole = extractor.compute(audio) * np.float32(2.0 ** (semitones / 12.0))
+    np.testing.assert_allclose(filtered, median_filter_f0(whole, 1)[:p_len], rtol=1e-6)
 
 
 def test_median_radius_follows_rvc() -> None:
-    assert [median_radius(r) for r in range(8)] == [0, 0, 0, 1, 1, 2, 2, 3]
+    """RVC smooths Harvest's track only, always over 3 frames."""
+    assert [median_radius(r) for r in range(8)] == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert [median_radius(r, "fcpe") for r in range(8)] == [0] * 8
 
 
 def test_synthesizer_receives_the_shifted_f0() -> None:

@@ -199,7 +199,7 @@ def test_handler_stores_converted_vocals_and_reuses_them(
     second = handle(event, context("run2"))
     assert second.cache_hit and second.keys.converted_vocals == key
     assert second.duration_s == pytest.approx(first.duration_s)
-    assert len([k for k in store.list("converted/")]) == 1
+    assert len([k for k in store.list("converted/") if k.endswith("vocals.flac")]) == 1
 
     transposed = event.model_copy(
         update={"options": JobOptions(conversion=ConversionOptions(f0_up_key=12))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,11 @@ def test_profile_round_trip(target_profile: VoiceProfile, tmp_path: Path) -> Non
     assert loaded.log_f0_mean == pytest.approx(target_profile.log_f0_mean)
     np.testing.assert_allclose(loaded.envelope_db, target_profile.envelope_db)
     np.testing.assert_allclose(loaded.envelope_frames, target_profile.envelope_frames)
+    # Format 2: the pitch histogram (median), the long-term spectrum and the shape codebook.
+    assert loaded.f0_median_hz == pytest.approx(target_profile.f0_median_hz)
+    np.testing.assert_allclose(loaded.spectrum_db, target_profile.spectrum_db)
+    assert target_profile.codebook is not None and len(target_profile.codebook) > 10
+    np.testing.assert_allclose(loaded.codebook, target_profile.codebook)
 
 
 def test_profile_refuses_pickles_and_other_files(tmp_path: Path) -> None:
@@ -128,8 +134,10 @@ def test_learn_profile_rejects_empty_and_unvoiced_datasets(tmp_path: Path) -> No
     [
         (300.0, 120.0, 0, -12),  # a woman's song, a man's voice: one octave down
         (150.0, 330.0, 0, 12),  # and the other way
-        (300.0, 200.0, 0, 0),  # 0.58 octave apart: people sing higher than they speak
-        (350.0, 110.0, 0, -12),  # 1.67 octaves: still one octave (lean toward fewer)
+        (300.0, 220.0, 0, 0),  # 0.45 octave apart: the nearest octave is this one
+        (300.0, 200.0, 0, -12),  # 0.58 octave apart: one down is nearer
+        (705.0, 352.0, 0, -12),  # the issue's soprano over a tenor's voice
+        (350.0, 110.0, 0, -24),  # 1.67 octaves: two down is nearest
         (300.0, 120.0, -12, -12),  # the user already moved it down: nothing added
         (300.0, 120.0, 2, -10),  # the user's transpose is kept, octaves added
     ],
@@ -140,6 +148,25 @@ def test_key_shift_is_whole_octaves_plus_transpose(
     source, target = _profile(math.log(source_hz)), _profile(math.log(target_hz))
     assert key_shift_semitones(source, target, f0_up_key, auto_key=True) == expected
     assert key_shift_semitones(source, target, f0_up_key, auto_key=False) == f0_up_key
+
+
+def test_key_matching_uses_the_median_pitch_not_the_mean() -> None:
+    """A median from the pitch histogram decides: a few wild frames (octave errors, a high
+    squeak) move a mean, not a median."""
+    from agents.voice.world import F0_FLOOR_HZ, HISTOGRAM_BINS, HISTOGRAM_CENTS
+
+    def histogram(hz: float, frames: float) -> np.ndarray:
+        counts = np.zeros(HISTOGRAM_BINS)
+        counts[int(1200 * math.log2(hz / F0_FLOOR_HZ) / HISTOGRAM_CENTS)] = frames
+        return counts
+
+    # Source mostly at 705 Hz with a third of its frames misread an octave low.
+    source = replace(
+        _profile(math.log(598.0)), f0_histogram=histogram(705.0, 200) + histogram(352.0, 90)
+    )
+    target = replace(_profile(math.log(352.0)), f0_histogram=histogram(352.0, 100))
+    assert source.f0_median_hz == pytest.approx(705.0, rel=0.01)
+    assert key_shift_semitones(source, target, 0, auto_key=True) == -12
 
 
 def test_envelope_map_recovers_a_formant_warp() -> None:

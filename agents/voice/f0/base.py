@@ -44,13 +44,13 @@ def as_audio16k(audio16k: np.ndarray) -> np.ndarray:
     return audio
 
 
-def finish(f0: np.ndarray, n_samples: int, p_len: int | None) -> np.ndarray:
+def finish(f0: np.ndarray, n_samples: int, p_len: int | None, f0_max: float = F0_MAX) -> np.ndarray:
     """Clean a raw track: non-finite or out-of-range values become unvoiced (0), and the length
     is made ``p_len`` (or the natural length) by trimming or padding unvoiced frames at the end;
     every method here is already on the 10 ms grid, so they differ by a frame or two at most."""
     f0 = np.asarray(f0, dtype=np.float64).reshape(-1).copy()
     f0[~np.isfinite(f0)] = 0.0
-    f0[(f0 < F0_MIN) | (f0 > F0_MAX)] = 0.0
+    f0[(f0 < F0_MIN) | (f0 > f0_max)] = 0.0
     target = natural_length(n_samples) if p_len is None else int(p_len)
     f0 = f0[:target] if f0.shape[0] >= target else np.pad(f0, (0, target - f0.shape[0]))
     return f0.astype(np.float32)
@@ -83,3 +83,37 @@ def median_filter_f0(f0: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0 or f0.size == 0:
         return f0.copy()
     return signal.medfilt(f0, kernel_size=2 * int(radius) + 1).astype(np.float32)
+
+
+def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
+    """Fill unvoiced (0) frames from their voiced neighbours, exactly as RVC's current pipeline
+    does for every tracker (``interpolate_f0`` of its F0 predictors), quirks included:
+
+    * a gap between two voiced frames is a ramp that reaches the next voiced value one frame
+      early (step ``(next - previous) / gap``);
+    * leading unvoiced frames take the first voiced value;
+    * the trailing gap, and a gap whose next voiced frame is the very last one, hold the last
+      voiced value up to the end (that final frame included); with no voiced frame before
+      them they stay 0.
+    """
+    values = np.asarray(f0, dtype=np.float32).reshape(-1).copy()
+    n = values.size
+    unvoiced = values <= 0.0
+    if n == 0 or not unvoiced.any():
+        return values
+    # Runs of unvoiced frames: [start, end) with ``end`` the next voiced frame (or n).
+    edges = np.diff(np.concatenate(([0], unvoiced.astype(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        previous = float(values[start - 1]) if start > 0 else 0.0
+        if end >= n - 1:  # no voiced frame follows, or only the last one: hold to the end
+            values[start:] = previous
+            break
+        following = float(values[end])
+        if start == 0:
+            values[:end] = following
+        else:
+            step = (following - previous) / (end - start)
+            values[start:end] = previous + step * np.arange(1, end - start + 1, dtype=np.float64)
+    return values

@@ -18,8 +18,10 @@ THRESHOLD = 0.006
 class FcpeExtractor:
     name = "fcpe"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", f0_max: float = F0_MAX) -> None:
+        """``f0_max`` above RVC's 1100 Hz suits the WORLD fallback, whose f0 is not quantised."""
         self.device = device
+        self.f0_max = f0_max
         self._model: Any = None
 
     def _load(self) -> Any:
@@ -43,8 +45,8 @@ class FcpeExtractor:
                 decoder_mode="local_argmax",
                 threshold=THRESHOLD,
                 f0_min=F0_MIN,
-                f0_max=F0_MAX,
+                f0_max=self.f0_max,
                 interp_uv=False,
                 output_interp_target_length=max(target, 1),
             )
-        return finish(f0.reshape(-1).cpu().numpy(), x.shape[0], target)
+        return finish(f0.reshape(-1).cpu().numpy(), x.shape[0], target, self.f0_max)

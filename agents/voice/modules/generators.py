@@ -162,7 +162,9 @@ class SineSource(nn.Module):
         step = (f0.double().unsqueeze(-1) * multiples / self.sampling_rate) % 1.0  # [b, n, h]
         # Phase at each frame start, accumulated in float64 and wrapped, so long inputs do not
         # lose precision; a random start phase for the overtones (the fundamental starts at 0).
-        start = torch.rand(batch, 1, self.harmonics, device=f0.device, dtype=torch.float64)
+        # Drawn in float32 as RVC does: a float64 draw consumes the generator differently, and
+        # every noise sample after it would differ from RVC's for the same seed.
+        start = torch.rand(batch, 1, self.harmonics, device=f0.device).double()
         start[..., 0] = 0.0
         frame_phase = (torch.cumsum(step * upp, dim=1) - step * upp + start) % 1.0
         within = torch.arange(1, upp + 1, device=f0.device, dtype=torch.float64)
