@@ -19,6 +19,7 @@ from streams.runner import CLAIM_CHECK_HEADER
 from streams.stack import StackConfig, start_broker, stop_service
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, VOCALS_SEPARATED, dlq
 from streams.worker import EXIT_STUCK
+from tests.events import voice_options
 from tests.pipeline import Pipeline, health, wait_job_in_hand
 
 SEPARATOR = "tests.stages:separator"
@@ -56,7 +57,11 @@ def test_an_oversized_event_is_answered_kept_in_s3_and_the_next_job_completes(
     line = Pipeline(stack, logs=tmp_path, topic_max_bytes={SONG_UPLOADED: 4 * MIB})
     try:
         proc, port = line.start_worker("separator", SEPARATOR)
-        big = SongUploaded(job_id="big-0001", keys=ObjectKeys(song="uploads/big-0001/song.wav"))
+        big = SongUploaded(
+            job_id="big-0001",
+            keys=ObjectKeys(song="uploads/big-0001/song.wav"),
+            options=voice_options("big-0001"),
+        )
         big.options.output.title = "x" * (2 * MIB)
         raw = encode(big)
         assert len(raw) > 2 * MIB > line.settings.max_message_bytes

@@ -45,6 +45,7 @@ from streams.topics import (
     VOICE_TRAINED,
     dlq,
 )
+from tests.events import voice_options
 from tests.pipeline import Pipeline, read_records
 
 ANSWER_WITHIN_S = 10.0
@@ -85,21 +86,35 @@ def _base(topic: str, job_id: str) -> dict[str, Any]:
     """A valid event of ``topic`` naming objects under the job's own upload prefix."""
     own = f"uploads/{job_id}"
     keys = ObjectKeys(song=f"{own}/song.wav")
+    options = voice_options(job_id)
     if topic == SONG_UPLOADED:
-        event: Any = SongUploaded(job_id=job_id, keys=keys)
+        event: Any = SongUploaded(job_id=job_id, keys=keys, options=options)
         event.options.separator.skip = True
-    elif topic == VOCALS_SEPARATED:
+        return json.loads(encode(event))
+    # Every downstream event carries the accompaniment on to the mixer.
+    keys.accompaniment = f"{own}/accompaniment.wav"
+    if topic == VOCALS_SEPARATED:
         keys.vocals = f"{own}/vocals.wav"
         event = VocalsSeparated(
-            job_id=job_id, keys=keys, sample_rate=SR, duration_s=1.0, separator_model="x"
+            job_id=job_id,
+            keys=keys,
+            options=options,
+            sample_rate=SR,
+            duration_s=1.0,
+            separator_model="x",
         )
     elif topic == VOICE_TRAINED:
         keys.vocals, keys.voice_model = f"{own}/vocals.wav", f"{own}/model.pth"
-        event = VoiceTrained(job_id=job_id, keys=keys, voice_kind="world")
+        event = VoiceTrained(job_id=job_id, keys=keys, options=options, voice_kind="world")
     else:
         keys.converted_vocals = f"{own}/converted.wav"
         event = VocalsConverted(
-            job_id=job_id, keys=keys, backend="world", sample_rate=SR, duration_s=1.0
+            job_id=job_id,
+            keys=keys,
+            options=options,
+            backend="world",
+            sample_rate=SR,
+            duration_s=1.0,
         )
     return json.loads(encode(event))
 
@@ -374,7 +389,7 @@ def _records(line: Pipeline, topic: str, until: int, timeout_s: float) -> list[A
 def _good_song(line: Pipeline, job_id: str) -> SongUploaded:
     key = f"uploads/{job_id}/song.wav"
     line.store.put_bytes(key, _wav(_song_samples(), "PCM_16"))
-    event = SongUploaded(job_id=job_id, keys=ObjectKeys(song=key))
+    event = SongUploaded(job_id=job_id, keys=ObjectKeys(song=key), options=voice_options(job_id))
     event.options.separator.skip = True  # a cappella: no model weights needed
     return event
 

@@ -23,6 +23,7 @@ from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore, TransientStoreError
 from streams.topics import STAGES
+from tests.events import voice_options
 
 
 def _sha(data: bytes) -> str:
@@ -260,7 +261,9 @@ def test_forbidden_keys_are_refused_before_the_stage_or_s3(tmp_path: Path) -> No
     runner, _ = _runner(tmp_path, handler)
     runner.store.put_bytes("uploads/other/song.wav", b"someone else's song")
     for key in ("uploads/other/song.wav", "uploads/", "../x", "s3://b/x", "/abs"):
-        event = SongUploaded(job_id="job-f", keys=ObjectKeys(song=key))
+        event = SongUploaded(
+            job_id="job-f", keys=ObjectKeys(song=key), options=voice_options("job-f")
+        )
         outcome = asyncio.run(runner.process(encode(event)))
         assert outcome.failure and outcome.failure.code == "forbidden_key", key
         assert not outcome.failure.retriable and "keys.song" in outcome.failure.message

@@ -21,6 +21,7 @@ from streams.stage import StageContext
 from streams.store import LocalStore
 from streams.topics import STAGES
 from streams.worker import FaustEmitter
+from tests.events import voice_options
 
 KIB = 1024
 
@@ -76,7 +77,11 @@ def _runner(tmp_path: Path, handler: Any, emitter: Any, **settings: Any) -> Runn
 
 def _padded_event(size: int, job_id: str = "big-1") -> bytes:
     """A valid song.uploaded of about ``size`` bytes (the padding is in the title)."""
-    event = SongUploaded(job_id=job_id, keys=ObjectKeys(song=f"uploads/{job_id}/song.wav"))
+    event = SongUploaded(
+        job_id=job_id,
+        keys=ObjectKeys(song=f"uploads/{job_id}/song.wav"),
+        options=voice_options(job_id),
+    )
     event.options.output.title = "x" * size
     return encode(event)
 
@@ -144,7 +149,13 @@ def test_an_output_too_large_for_the_broker_is_answered_with_track_failed(
     runner = _runner(
         tmp_path, huge_output, emitter, max_event_bytes=32 * KIB, max_message_bytes=64 * KIB
     )
-    raw = encode(SongUploaded(job_id="out-1", keys=ObjectKeys(song="uploads/out-1/s.wav")))
+    raw = encode(
+        SongUploaded(
+            job_id="out-1",
+            keys=ObjectKeys(song="uploads/out-1/s.wav"),
+            options=voice_options("out-1"),
+        )
+    )
     outcome = asyncio.run(runner.process(raw))
     assert outcome.status == "failed" and outcome.answered
     failure = _failure(emitter)
@@ -158,7 +169,13 @@ def test_a_broker_that_never_acknowledges_is_recorded_and_the_message_left_unans
 ) -> None:
     emitter = BrokerEmitter(down={"*"})
     runner = _runner(tmp_path, _separated, emitter)
-    raw = encode(SongUploaded(job_id="gone-1", keys=ObjectKeys(song="uploads/gone-1/s.wav")))
+    raw = encode(
+        SongUploaded(
+            job_id="gone-1",
+            keys=ObjectKeys(song="uploads/gone-1/s.wav"),
+            options=voice_options("gone-1"),
+        )
+    )
     outcome = asyncio.run(runner.process(raw))  # never raises
     assert outcome.status == "failed" and not outcome.answered
     assert outcome.failure and outcome.failure.code == "broker_unavailable"
@@ -191,7 +208,11 @@ def test_a_stuck_stage_is_answered_at_once_and_its_state_written_beside_it(
 
     emitter = BrokerEmitter()
     runner = _runner(tmp_path, stuck, emitter, stage_timeout_s=0.5)
-    event = SongUploaded(job_id="stuck-1", keys=ObjectKeys(song="uploads/stuck-1/s.wav"))
+    event = SongUploaded(
+        job_id="stuck-1",
+        keys=ObjectKeys(song="uploads/stuck-1/s.wav"),
+        options=voice_options("stuck-1"),
+    )
 
     async def scenario() -> float:
         started = time.monotonic()

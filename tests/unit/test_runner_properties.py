@@ -23,11 +23,13 @@ from hypothesis import strategies as st
 
 from schemas.events import (
     BY_TOPIC,
+    JobOptions,
     ObjectKeys,
     SongUploaded,
     TrackFailed,
     VocalsConverted,
     VocalsSeparated,
+    VoiceOptions,
     VoiceTrained,
     decode,
     encode,
@@ -69,16 +71,27 @@ def _base_events() -> dict[str, dict[str, Any]]:
         voice_model=f"voices/{DIGEST}/model.pth",
         converted_vocals=f"converted/{DIGEST}/vocals.flac",
     )
+    options = JobOptions(voice=VoiceOptions(dataset_key=f"uploads/{JOB}/voice/"))
     events = [
-        SongUploaded(job_id=JOB, keys=keys),
+        SongUploaded(job_id=JOB, keys=keys, options=options),
         VocalsSeparated(
-            job_id=JOB, keys=keys, sample_rate=44100, duration_s=1.0, separator_model="x"
+            job_id=JOB,
+            keys=keys,
+            options=options,
+            sample_rate=44100,
+            duration_s=1.0,
+            separator_model="x",
         ),
-        VoiceTrained(job_id=JOB, keys=keys, voice_kind="world"),
-        VocalsConverted(job_id=JOB, keys=keys, backend="world", sample_rate=44100, duration_s=1.0),
+        VoiceTrained(job_id=JOB, keys=keys, options=options, voice_kind="world"),
+        VocalsConverted(
+            job_id=JOB,
+            keys=keys,
+            options=options,
+            backend="world",
+            sample_rate=44100,
+            duration_s=1.0,
+        ),
     ]
-    for event in events:
-        event.options.voice.dataset_key = f"uploads/{JOB}/voice/"
     return {e.topic: json.loads(encode(e)) for e in events}
 
 
