@@ -156,7 +156,9 @@ def _convert_rvc(
         )
     device = resolve_device(settings.device)
     progress(0.0, "loading the voice model")
-    voice_model = cached_voice_model(voice.model, device, cache)
+    voice_model = cached_voice_model(
+        voice.model, device, cache, settings.converter_runtime, settings.converter_tile_frames
+    )
     encoder = cached_content_encoder(settings.hubert_path, device, cache)
     index = cached_index(voice.index, cache) if voice.index is not None else None
 
