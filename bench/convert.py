@@ -369,6 +369,9 @@ def main() -> None:
     parser.add_argument("--ours-on-reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours_on_reference:
+        from streams.logging import configure_logging
+
+        configure_logging("WARNING")
         work = Path(os.environ.get("RVC_BENCH_WORK", Path.home() / "rvcbase" / "work"))
         result = bench_reference_files(
             work, args.ref_seconds, args.warm, args.threads, args.runtime
