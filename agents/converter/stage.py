@@ -236,13 +236,17 @@ def convert_vocals(
         converted = world.convert_world(
             vocals, sr, profile, params.f0_up_key, True, progress, f0_method
         )
+        converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
     else:
+        # Only the length is needed from here on: do not hold the song twice while converting.
+        length = len(vocals)
+        del vocals
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
         if out_sr != sr:
             from agents.voice.audio import resample
 
             converted = resample(converted, out_sr, sr)
-    converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
+        converted = _fit(np.asarray(converted, dtype=np.float32), length)
 
     out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
     out_path.parent.mkdir(parents=True, exist_ok=True)
