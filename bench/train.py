@@ -23,8 +23,8 @@ from agents.trainer.train import TrainConfig, build_trainer
 from agents.voice.configs import get_config
 
 
-def random_batch(size: str, batch_size: int, frames: int) -> Batch:
-    config = get_config("v2", "40k", size)  # type: ignore[arg-type]
+def random_batch(size: str, batch_size: int, frames: int, sample_rate: str = "40k") -> Batch:
+    config = get_config("v2", sample_rate, size)  # type: ignore[arg-type]
     hop = config.audio.hop_length
     gen = torch.Generator().manual_seed(0)
     lengths = torch.full((batch_size,), frames, dtype=torch.long)

@@ -850,7 +850,10 @@ def demo(
 
 
 def main() -> None:
+    from streams.allocator import keep_freed_memory
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    keep_freed_memory()
     try:
         app()
     except KeyboardInterrupt:

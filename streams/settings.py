@@ -241,6 +241,13 @@ class Settings(BaseSettings):
     converter_batch_pieces: int = Field(
         0, ge=0, description="Vocal pieces synthesized together; 0: 4 on a GPU, 1 on the CPU."
     )
+    converter_runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Synthesizer decoder runtime; 'auto': ONNX Runtime on the CPU, torch on a GPU.",
+    )
+    converter_tile_frames: int = Field(
+        256, ge=16, description="Latent frames (10 ms each) the decoder renders at a time."
+    )
     device: str = Field("auto", description="'auto' (CUDA when torch sees it), 'cpu', 'cuda:0'.")
     model_cache_mb: int = Field(4096, ge=64, description="Memory bound of loaded voice models.")
 

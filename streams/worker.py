@@ -592,6 +592,9 @@ def run_worker(
     group: str | None = None,
 ) -> None:
     """Run one stage worker until SIGTERM/SIGINT."""
+    from streams.allocator import keep_freed_memory
+
+    keep_freed_memory()
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     from streams.admin import create_topics
 

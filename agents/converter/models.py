@@ -134,11 +134,25 @@ def _file_identity(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cached_voice_model(path: Path, device: torch.device, cache: ModelCache) -> Any:
+def cached_voice_model(
+    path: Path,
+    device: torch.device,
+    cache: ModelCache,
+    runtime: str = "auto",
+    tile_frames: int | None = None,
+) -> Any:
+    """The voice model at ``path``, readied for the fast synthesizer path
+    (:func:`agents.voice.inference.prepare_for_inference`)."""
     from agents.voice.checkpoint import load_voice_model
+    from agents.voice.inference import DEFAULT_TILE_FRAMES, prepare_for_inference
 
-    key = f"voice:{sha256_file(path)}:{device}"
-    return cache.get(key, lambda: load_voice_model(path, device))
+    tile = tile_frames or DEFAULT_TILE_FRAMES
+
+    def load() -> Any:
+        return prepare_for_inference(load_voice_model(path, device), runtime, tile)  # type: ignore[arg-type]
+
+    key = f"voice:{sha256_file(path)}:{device}:{runtime}:{tile}"
+    return cache.get(key, load)
 
 
 def cached_content_encoder(path: Path, device: torch.device, cache: ModelCache) -> Any:

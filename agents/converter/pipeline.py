@@ -186,37 +186,80 @@ def protect_unvoiced(
     return converted * weight + source * (1.0 - weight)
 
 
+ENVELOPE_CHUNK = 1 << 20
+"""Samples per step of the volume-envelope mix, so it needs a few MB whatever the song's length."""
+
+
+def _rms_frames(audio: np.ndarray, sr: int) -> np.ndarray:
+    """RMS over 1 s frames every 0.5 s, centred on zero-padded audio (``librosa.feature.rms``).
+
+    A frame is exactly two half-second blocks, so the frames come from per-block sums of
+    squares, taken a few blocks at a time: no full-length float64 copy of the audio.
+    """
+    hop = sr // 2
+    frame = 2 * hop
+    x = np.asarray(audio)
+    count = 1 + len(x) // hop
+    blocks = np.zeros(count + 1)  # blocks[k + 1]: energy of x[k * hop : (k + 1) * hop]
+    step = max(1, ENVELOPE_CHUNK // max(hop, 1)) * hop
+    for first in range(0, len(x), step):
+        chunk = np.asarray(x[first : first + step], dtype=np.float64)
+        whole = len(chunk) // hop * hop
+        k = first // hop
+        if whole:
+            blocks[k + 1 : k + 1 + whole // hop] = np.square(chunk[:whole]).reshape(-1, hop).sum(1)
+        if whole < len(chunk):
+            blocks[k + 1 + whole // hop] = float(np.square(chunk[whole:]).sum())
+    energy = blocks[:-1] + blocks[1:]  # frame j spans blocks j - 1 and j
+    return np.sqrt(np.maximum(energy, 0.0) / frame)
+
+
+def _stretch(frames: np.ndarray, length: int, first: int, last: int) -> np.ndarray:
+    """Samples ``first..last`` of ``frames`` stretched to ``length`` samples as
+    ``torch.nn.functional.interpolate(mode='linear')`` does: sample ``i`` reads frame position
+    ``(i + 0.5) * frames / length - 0.5``, edge values held."""
+    count = len(frames)
+    positions = (np.arange(first, last, dtype=np.float64) + 0.5) * (count / length) - 0.5
+    return np.interp(np.maximum(positions, 0.0), np.arange(count), frames)
+
+
 def _rms_envelope(audio: np.ndarray, sr: int, length: int) -> np.ndarray:
     """RMS over 1 s frames every 0.5 s, stretched to ``length`` samples, as RVC's ``change_rms``.
 
-    Frames are centred on zero-padded audio (``librosa.feature.rms``); the stretch is
-    ``torch.nn.functional.interpolate(mode='linear')``, which samples frame positions
-    ``(i + 0.5) * frames / length - 0.5`` (not end to end) and holds the edge values.
+    Frames are centred on zero-padded audio (``librosa.feature.rms``, :func:`_rms_frames`); the
+    stretch is ``torch.nn.functional.interpolate(mode='linear')`` (:func:`_stretch`).
     """
-    frame, hop = sr // 2 * 2, sr // 2
-    padded = np.pad(np.asarray(audio, dtype=np.float64), (frame // 2, frame // 2))
-    count = 1 + max(0, (len(padded) - frame) // hop)
-    squares = np.concatenate(([0.0], np.cumsum(padded**2)))
-    starts = np.arange(count) * hop
-    rms = np.sqrt(np.maximum(squares[starts + frame] - squares[starts], 0.0) / frame)
-    positions = (np.arange(length) + 0.5) * (count / length) - 0.5
-    return np.interp(np.maximum(positions, 0.0), np.arange(count), rms)
+    return _stretch(_rms_frames(audio, sr), length, 0, length)
 
 
 def mix_volume_envelope(
-    source: np.ndarray, source_sr: int, converted: np.ndarray, converted_sr: int, rate: float
+    source: np.ndarray,
+    source_sr: int,
+    converted: np.ndarray,
+    converted_sr: int,
+    rate: float,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Give ``converted`` the volume envelope ``source^(1-rate) * converted^rate``.
 
     ``rate`` 1 keeps the converted audio's own loudness contour; 0 copies the source's. The gain
-    curve is RVC's ``change_rms`` (tests/unit/test_rvc_oracle_pipeline.py holds them equal).
+    curve is RVC's ``change_rms`` (tests/unit/test_rvc_oracle_pipeline.py holds them equal). It
+    is applied ``ENVELOPE_CHUNK`` samples at a time, into ``out`` (which may be ``converted``
+    itself) or a new float32 array.
     """
     if rate >= 1.0 or len(converted) == 0:
         return converted
-    source_rms = _rms_envelope(source, source_sr, len(converted))
-    converted_rms = np.maximum(_rms_envelope(converted, converted_sr, len(converted)), 1e-6)
-    gain = np.power(source_rms, 1.0 - rate) * np.power(converted_rms, rate - 1.0)
-    return (converted * gain).astype(np.float32)
+    length = len(converted)
+    source_frames = _rms_frames(source, source_sr)
+    converted_frames = _rms_frames(converted, converted_sr)
+    result = np.empty(length, dtype=np.float32) if out is None else out
+    for first in range(0, length, ENVELOPE_CHUNK):
+        last = min(first + ENVELOPE_CHUNK, length)
+        source_rms = _stretch(source_frames, length, first, last)
+        converted_rms = np.maximum(_stretch(converted_frames, length, first, last), 1e-6)
+        gain = np.power(source_rms, 1.0 - rate) * np.power(converted_rms, rate - 1.0)
+        result[first:last] = converted[first:last] * gain
+    return result
 
 
 def cut_points(audio16k: np.ndarray, windows: Windows) -> list[int]:
@@ -329,15 +372,24 @@ def _stack(rows: list[torch.Tensor], length: int) -> torch.Tensor:
     )  # fmt: skip
 
 
-def synthesize(voice_model: Any, pieces: list[PreparedPiece], seed: int) -> list[np.ndarray]:
-    """Run the synthesizer once on a batch of pieces; each gets ``frames * hop`` samples.
+def synthesize(
+    voice_model: Any,
+    pieces: list[PreparedPiece],
+    seed: int,
+    keep: tuple[int, int | None] = (0, None),
+) -> list[np.ndarray]:
+    """Run the synthesizer once on a batch of pieces; each gets its frames ``keep[0]`` up to
+    ``keep[1]`` (default: all), ``hop`` samples per frame.
 
-    Shorter pieces are padded and masked by their lengths, as VITS does for batches.
+    Shorter pieces are padded and masked by their lengths, as VITS does for batches. A model
+    readied by :func:`agents.voice.inference.prepare_for_inference` takes the fast path, which
+    decodes only the kept frames; otherwise the plain :meth:`Synthesizer.infer` runs.
     """
     synthesizer = voice_model.synthesizer
     device = next(synthesizer.parameters()).device
     dtype = next(synthesizer.parameters()).dtype
     longest = max(piece.frames for piece in pieces)
+    start, stop = keep[0], min(longest, keep[1] if keep[1] is not None else longest)
     phone = _stack([p.phone for p in pieces], longest).to(device, dtype)
     lengths = torch.tensor([p.frames for p in pieces], device=device)
     sid = torch.full((len(pieces),), SPEAKER_ID, device=device)
@@ -345,14 +397,25 @@ def synthesize(voice_model: Any, pieces: list[PreparedPiece], seed: int) -> list
     coarse = _stack([p.coarse for p in pieces], longest).to(device) if with_pitch else None  # type: ignore[misc]
     nsf = _stack([p.nsf for p in pieces], longest).to(device, dtype) if with_pitch else None  # type: ignore[misc]
     devices = [device] if device.type == "cuda" else []
+    fast = getattr(voice_model, "fast", None)
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        audio = synthesizer.infer(phone, lengths, coarse, nsf, sid)
+        if fast is not None:
+            from agents.voice.inference import infer_window
+
+            audio = infer_window(fast, phone, lengths, coarse, nsf, sid, start, stop)
+            first = 0
+        else:
+            audio = synthesizer.infer(phone, lengths, coarse, nsf, sid)
+            first = start
     if isinstance(audio, tuple | list):  # RVC-style (audio, mask, ...) returns
         audio = audio[0]
     audio = audio.reshape(len(pieces), -1).float().cpu()
-    hop = audio.shape[1] // longest
-    return [audio[i, : piece.frames * hop].numpy() for i, piece in enumerate(pieces)]
+    hop = synth_hop(voice_model)
+    return [
+        audio[i, first * hop : (first + max(0, min(stop, piece.frames) - start)) * hop].numpy()
+        for i, piece in enumerate(pieces)
+    ]
 
 
 def convert_audio16k(
@@ -396,7 +459,10 @@ def convert_audio16k(
         )
 
     pieces = _pieces(padded, length, pad, windows, audio16k)
-    outputs: list[np.ndarray] = []
+    # One output array, filled piece by piece: a piece's features and audio are dropped as soon
+    # as it is rendered, so memory does not grow with the song beyond this array.
+    expected = round(length * tgt_sr / SAMPLE_RATE)
+    converted = np.zeros(expected, dtype=np.float32)
     batch = max(1, batch_pieces)
     for first in range(0, len(pieces), batch):
         group = pieces[first : first + batch]
@@ -418,20 +484,23 @@ def convert_audio16k(
             for piece in group
         ]
         # One seed per batch: with batch_pieces=1 each piece keeps its own, as before.
+        keep = (pad_frames, pad_frames + max(piece.keep_frames for piece in group))
         for piece, rendered in zip(
-            group, synthesize(voice_model, prepared, NOISE_SEED + first), strict=True
+            group, synthesize(voice_model, prepared, NOISE_SEED + first, keep), strict=True
         ):
-            outputs.append(rendered[pad_frames * hop : (pad_frames + piece.keep_frames) * hop])
+            at = piece.first_frame * hop
+            part = rendered[: min(piece.keep_frames * hop, max(0, expected - at))]
+            converted[at : at + len(part)] = part
+        del prepared
         done = first + len(group)
         progress(0.1 + 0.85 * done / len(pieces), f"converted piece {done}/{len(pieces)}")
 
-    converted = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
-    expected = round(length * tgt_sr / SAMPLE_RATE)
-    converted = _fit(converted, expected)
-    converted = mix_volume_envelope(audio16k, SAMPLE_RATE, converted, tgt_sr, params.rms_mix_rate)
+    mix_volume_envelope(
+        audio16k, SAMPLE_RATE, converted, tgt_sr, params.rms_mix_rate, out=converted
+    )
     peak = float(np.max(np.abs(converted))) if converted.size else 0.0
     if peak > 0.99:  # RVC scales down instead of clipping
-        converted = converted * (0.99 / peak)
+        converted *= 0.99 / peak
     return np.asarray(converted, dtype=np.float32)
 
 

@@ -160,7 +160,9 @@ def _convert_rvc(
     device = resolve_device(settings.device)
     log.info("converting with RVC", content_encoder=str(settings.hubert_path), device=str(device))
     progress(0.0, "loading the voice model")
-    voice_model = cached_voice_model(voice.model, device, cache)
+    voice_model = cached_voice_model(
+        voice.model, device, cache, settings.converter_runtime, settings.converter_tile_frames
+    )
     encoder = cached_content_encoder(settings.hubert_path, device, cache)
     index = cached_index(voice.index, cache) if voice.index is not None else None
 
@@ -249,16 +251,20 @@ def convert_vocals(
             f0_method,
         )
         semitones, key_method = report.semitones, report.key_method
+        converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
     else:
         if key is not None:
             params = params.model_copy(update={"f0_up_key": key})
         semitones, key_method = params.f0_up_key, "requested"
+        # Only the length is needed from here on: do not hold the song twice while converting.
+        length = len(vocals)
+        del vocals
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
         if out_sr != sr:
             from agents.voice.audio import resample
 
             converted = resample(converted, out_sr, sr)
-    converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
+        converted = _fit(np.asarray(converted, dtype=np.float32), length)
 
     out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
     out_path.parent.mkdir(parents=True, exist_ok=True)

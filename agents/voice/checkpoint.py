@@ -80,6 +80,7 @@ class VoiceModel:
     version: Version
     speaker_count: int
     info: str = ""
+    fast: Any = None  # set by agents.voice.inference.prepare_for_inference
 
     @property
     def tgt_sr(self) -> int:

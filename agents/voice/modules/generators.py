@@ -32,6 +32,10 @@ def _wn_conv(channels: int, kernel_size: int, dilation: int) -> nn.Conv1d:
     return weight_norm(conv)
 
 
+def _conv_context(conv: nn.Conv1d) -> int:
+    return int(conv.dilation[0]) * (int(conv.kernel_size[0]) - 1) // 2
+
+
 class ResBlock1(nn.Module):
     """Three residual units, each a dilated conv then a plain conv (HiFi-GAN V1)."""
 
@@ -39,6 +43,10 @@ class ResBlock1(nn.Module):
         super().__init__()
         self.convs1 = nn.ModuleList(_wn_conv(channels, kernel_size, d) for d in dilations)
         self.convs2 = nn.ModuleList(_wn_conv(channels, kernel_size, 1) for _ in dilations)
+
+    def context(self) -> int:
+        """Samples on each side of an output sample that reach it through this block."""
+        return sum(_conv_context(conv) for conv in (*self.convs1, *self.convs2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
@@ -54,6 +62,9 @@ class ResBlock2(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
         super().__init__()
         self.convs = nn.ModuleList(_wn_conv(channels, kernel_size, d) for d in dilations)
+
+    def context(self) -> int:
+        return sum(_conv_context(conv) for conv in self.convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
@@ -121,14 +132,40 @@ class HiFiGANGenerator(nn.Module):
         # HiFi-GAN uses the default 0.01 slope before the last conv.
         return torch.tanh(self.conv_post(F.leaky_relu(x)))
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+    def context_frames(self) -> int:
+        """Latent frames on each side of a frame that can change its output samples.
+
+        The decoder is a stack of 'same'-padded convolutions, so an output sample depends only
+        on this many neighbouring frames: decoding a window with this much context on both
+        sides gives the window exactly what decoding the whole sequence gives it.
+        """
+        reach = _conv_context(self.conv_post)  # samples at the output rate
+        for stage in reversed(range(self.num_upsamples)):
+            blocks = self.resblocks[stage * self.num_kernels : (stage + 1) * self.num_kernels]
+            reach += max(block.context() for block in blocks)
+            up = self.ups[stage]
+            rate, kernel = int(up.stride[0]), int(up.kernel_size[0])
+            # Into the previous stage's rate; the kernel's span (and the noise conv's, which is
+            # shorter) adds its own reach.
+            reach = -(-reach // rate) + -(-kernel // rate)
+        return reach + _conv_context(self.conv_pre)
+
+    def render(
+        self, x: torch.Tensor, source: torch.Tensor | None, g: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Latent frames (+ the NSF source at the audio rate, if any) to audio."""
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
         for stage, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU_SLOPE))
+            if source is not None:
+                x = x + self.noise_convs[stage](source)
             x = self._fuse(stage, x)
         return self._output(x)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        return self.render(x, None, g)
 
 
 class SineSource(nn.Module):
@@ -222,12 +259,4 @@ class NSFGenerator(HiFiGANGenerator):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None
     ) -> torch.Tensor:
-        source = self.m_source(f0, self.upp)
-        x = self.conv_pre(x)
-        if g is not None:
-            x = x + self.cond(g)
-        for stage, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            x = x + noise_conv(source)
-            x = self._fuse(stage, x)
-        return self._output(x)
+        return self.render(x, self.m_source(f0, self.upp), g)
