@@ -30,8 +30,12 @@ from pydantic import (
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
-# ASCII digits, a bounded number of them (int() of a 5000-digit major would raise).
-SCHEMA_VERSION_PATTERN = r"^[0-9]{1,4}\.[0-9]{1,4}$"
+# ASCII digits, a bounded number of them (int() of a 5000-digit major would raise). Written as
+# [0-9], never \d: \d also matches other scripts' digits in Python and in JSON Schema validators.
+_VERSION_PART = "[0-9]{1,4}"
+SCHEMA_VERSION_PATTERN = rf"^{_VERSION_PART}\.{_VERSION_PART}$"
+# What the exported JSON Schema states: a version of the one major this service reads.
+SUPPORTED_VERSION_PATTERN = rf"^{SUPPORTED_MAJOR}\.{_VERSION_PART}$"
 
 # job_id and event_id: ASCII letters, digits, '.', '_' and '-', 1 to 128 characters, never
 # starting with '.' (so never '.' or '..'). Such an id is safe as an S3 key segment, a file name,
@@ -229,7 +233,7 @@ class MixOptions(_Model):
 
 class OutputOptions(_Model):
     format: Literal["wav", "flac", "mp3", "m4a"] = "mp3"
-    bitrate: str = Field("192k", pattern=r"^\d{2,3}k$")
+    bitrate: str = Field("192k", pattern=r"^[0-9]{2,3}k$")
     title: str | None = None
     artist: str | None = None
 

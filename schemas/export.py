@@ -8,7 +8,43 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from schemas.events import EVENT_TYPES, KEY_POLICY_DOC, SCHEMA_VERSION, SUPPORTED_MAJOR
+from schemas.events import (
+    DECODE_LIMITS,
+    EVENT_TYPES,
+    KEY_POLICY_DOC,
+    SCHEMA_VERSION,
+    SUPPORTED_VERSION_PATTERN,
+)
+
+# A string holding a NUL character (a regex escape every JSON Schema dialect reads the same way).
+_HAS_NUL = {"pattern": "\\u0000"}
+LIMITS_MARK = "x-singtome-decode-limits"
+
+
+def _state_decode_limits(node: Any) -> None:
+    """Write what ``decode`` refuses into the schema wherever JSON Schema can say it: every string
+    and every field name bounded and free of NUL, every integer within what a number literal of
+    ``max_number_chars`` characters can write. Nesting depth and the length of a float's literal
+    cannot be said in JSON Schema: the top level names them under ``x-singtome-decode-limits``."""
+    if isinstance(node, list):
+        for item in node:
+            _state_decode_limits(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for value in node.values():
+        _state_decode_limits(value)
+    limit = DECODE_LIMITS.max_string_chars
+    kind = node.get("type")
+    if kind == "string":
+        node["maxLength"] = min(node.get("maxLength", limit), limit)
+        node.setdefault("not", _HAS_NUL)
+    elif kind == "object":
+        node.setdefault("propertyNames", {"maxLength": limit, "not": _HAS_NUL})
+    elif kind == "integer":
+        digits = DECODE_LIMITS.max_number_chars
+        node.setdefault("minimum", -(10 ** (digits - 1) - 1))  # the sign is a character too
+        node.setdefault("maximum", 10**digits - 1)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -19,7 +55,17 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema["$id"] = f"https://singtome.dev/schemas/{cls.topic}/{SCHEMA_VERSION}.json"
         schema["title"] = cls.topic
         # The service reads one major version: say so, not just "digits.digits".
-        schema["properties"]["schema_version"]["pattern"] = rf"^{SUPPORTED_MAJOR}\.\d+$"
+        schema["properties"]["schema_version"]["pattern"] = SUPPORTED_VERSION_PATTERN
+        _state_decode_limits(schema)
+        schema[LIMITS_MARK] = {
+            "max_depth": DECODE_LIMITS.max_depth,
+            "max_number_chars": DECODE_LIMITS.max_number_chars,
+            "max_string_chars": DECODE_LIMITS.max_string_chars,
+            "description": "Also refused: objects and arrays nested deeper than max_depth, a "
+            "number literal longer than max_number_chars characters, NaN/Infinity, a field "
+            "name that appears twice in one object, a string with an unpaired surrogate escape, "
+            "a byte-order mark or text that is not UTF-8.",
+        }
         schemas[cls.topic] = schema
     return schemas
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import ObjectKeys, SongUploaded, VocalsSeparated
+from schemas.events import JobOptions, ObjectKeys, SongUploaded, VocalsSeparated, VoiceOptions
 from streams.errors import StageError
 from streams.keypolicy import KeyPolicy, confined, named_keys
 from streams.keys import key_form_problem
 from streams.settings import Settings
 from streams.store import LocalStore
+from tests.events import voice_options
 
 DIGEST = "ab" * 32
 JOB = "job-a"
@@ -125,17 +126,16 @@ def test_a_shared_prefix_must_be_a_normal_prefix(prefix: str) -> None:
 def test_every_key_field_of_every_event_is_named() -> None:
     event = VocalsSeparated(
         job_id=JOB,
-        keys=ObjectKeys(song="a", vocals="b", backing_vocals="c"),
+        keys=ObjectKeys(song="a", vocals="b", accompaniment="g", backing_vocals="c"),
+        options=JobOptions(voice=VoiceOptions(dataset_key="d", model_key="e", index_key="f")),
         sample_rate=1,
         duration_s=1.0,
         separator_model="x",
     )
-    event.options.voice.dataset_key = "d"
-    event.options.voice.model_key = "e"
-    event.options.voice.index_key = "f"
     assert dict(named_keys(event)) == {
         "keys.song": "a",
         "keys.vocals": "b",
+        "keys.accompaniment": "g",
         "keys.backing_vocals": "c",
         "options.voice.dataset_key": "d",
         "options.voice.model_key": "e",
@@ -144,7 +144,9 @@ def test_every_key_field_of_every_event_is_named() -> None:
 
 
 def test_check_event_names_the_field() -> None:
-    event = SongUploaded(job_id=JOB, keys=ObjectKeys(song="uploads/job-a/song.wav"))
+    event = SongUploaded(
+        job_id=JOB, keys=ObjectKeys(song="uploads/job-a/song.wav"), options=voice_options(JOB)
+    )
     _policy().check_event(event)
     event.options.voice.dataset_key = "uploads/"
     with pytest.raises(StageError) as caught:

@@ -54,7 +54,9 @@ class BrokerEmitter:
 def _separated(event: Event, ctx: StageContext) -> Event:
     return event.follow(
         VocalsSeparated,
-        keys=event.keys.model_copy(update={"vocals": "stems/x/vocals.flac"}),
+        keys=event.keys.model_copy(
+            update={"vocals": "stems/x/vocals.flac", "accompaniment": "stems/x/accomp.flac"}
+        ),
         sample_rate=44100,
         duration_s=1.0,
         separator_model="test",

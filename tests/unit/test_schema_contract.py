@@ -215,3 +215,43 @@ def test_a_song_uploaded_without_a_song_or_a_voice_is_refused_by_both() -> None:
     ):
         assert contract_violations("song.uploaded", event), event
         assert not _service_accepts("song.uploaded", event), event
+
+
+def test_the_decoding_limits_are_stated_in_the_schema_and_refused_by_both() -> None:
+    from schemas.events import DECODE_LIMITS
+    from schemas.export import LIMITS_MARK
+
+    base = {
+        "job_id": "job-1",
+        "keys": {"song": "uploads/job-1/song.wav"},
+        "options": {"voice": {"dataset_key": "uploads/job-1/voice/"}},
+    }
+    assert _service_accepts("song.uploaded", base)
+    assert not contract_violations("song.uploaded", base)
+    long_title = "x" * (DECODE_LIMITS.max_string_chars + 1)
+    digits = DECODE_LIMITS.max_number_chars
+    for event in (
+        {**base, "options": {**base["options"], "output": {"title": "a\0b"}}},
+        {**base, "options": {**base["options"], "output": {"title": long_title}}},
+        {**base, "history": [], "schema_version": "1.٣"},  # an Arabic-Indic digit
+        {**base, "options": {**base["options"], "output": {"bitrate": "١٩٢k"}}},
+        {**base, "keys": {"song": "uploads/job-1/song.wav", "a\0": None}},
+    ):
+        assert contract_violations("song.uploaded", event), event
+        assert not _service_accepts("song.uploaded", event), event
+    failed = {
+        "job_id": "job-1",
+        "stage": "mixer",
+        "code": "timeout",
+        "message": "m",
+        "retriable": True,
+        "source_topic": "vocals.converted",
+    }
+    widest, too_wide, too_low = 10**digits - 1, 10**digits, -(10 ** (digits - 1))
+    for attempt, ok in ((widest, True), (too_wide, False), (too_low, False)):
+        event = {**failed, "attempt": attempt}
+        assert (not contract_violations("track.failed", event)) is ok, attempt
+        assert _service_accepts("track.failed", event) is ok, attempt
+    stated = SCHEMAS["song.uploaded"][LIMITS_MARK]
+    assert stated["max_depth"] == DECODE_LIMITS.max_depth
+    assert stated["max_number_chars"] == digits

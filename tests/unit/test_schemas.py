@@ -63,7 +63,12 @@ def test_follow_carries_envelope_with_a_new_id() -> None:
 
 
 def test_follow_ids_are_derived_from_the_input_id_and_stage() -> None:
-    event = SongUploaded(job_id="job-1", event_id="in-1", keys=ObjectKeys(song="s.wav"))
+    event = SongUploaded(
+        job_id="job-1",
+        event_id="in-1",
+        keys=ObjectKeys(song="s.wav", vocals="v.flac", accompaniment="a.flac"),
+        options=JobOptions(voice=VOICE),
+    )
     again = event.model_copy(update={"occurred_at": event.occurred_at.replace(year=2030)})
     fields = {"sample_rate": 44100, "duration_s": 2.0, "separator_model": "spleeter"}
     first, second = event.follow(VocalsSeparated, **fields), again.follow(VocalsSeparated, **fields)
