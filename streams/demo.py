@@ -135,7 +135,7 @@ def _healthy(port: int) -> bool:
 @contextlib.contextmanager
 def stage_workers(env: dict[str, str], log_dir: Path, timeout_s: float = 180) -> Iterator[None]:
     """One `singtome worker` process per stage; waits until each is consuming."""
-    from streams.worker import free_port
+    from streams.ports import free_port
 
     log_dir.mkdir(parents=True, exist_ok=True)
     singtome = str(Path(sys.executable).with_name("singtome"))

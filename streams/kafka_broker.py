@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streams.logging import get_logger
+from streams.ports import free_port
 
 if TYPE_CHECKING:
     from streams.stack import StackConfig
@@ -198,19 +199,13 @@ def install(kafka_dir: Path) -> Installation:
     return inst
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def build_archive(inst: Installation) -> None:
     """Start a throwaway broker once with ``-XX:ArchiveClassesAtExit``: the JVM records the
     classes it loaded, and later starts map them instead of parsing ~40 MB of jars again."""
     with tempfile.TemporaryDirectory(prefix="singtome-kafka-archive-") as tmp:
         root = Path(tmp)
         staging = inst.home / f"classes.jsa.tmp-{os.getpid()}"
-        port, controller_port = _free_port(), _free_port()
+        port, controller_port = free_port(), free_port()
         props = _prepare(inst, root, port, controller_port)
         argv = [
             *_java(inst, root, f"-XX:ArchiveClassesAtExit={staging}"),

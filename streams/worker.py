@@ -26,7 +26,6 @@ import contextlib
 import importlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -42,6 +41,7 @@ from faust.web import Request, Response, View
 from streams.admin import TopicProbe
 from streams.logging import configure_logging, get_logger
 from streams.metrics import Metrics
+from streams.ports import free_port
 from streams.runner import Runner, SendError
 from streams.settings import Settings
 from streams.stage import Handler
@@ -66,12 +66,6 @@ def load_handler(stage: str, spec: str | None = None) -> Handler:
 
 def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
     return group or f"{settings.topic_prefix}singtome-{stage}-v{settings.group_version}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FaustEmitter:

@@ -24,11 +24,11 @@ from typing import Any
 
 from schemas.events import BY_TOPIC, Event, JobOptions, ObjectKeys, SongUploaded, VoiceOptions
 from streams.admin import create_topics
+from streams.ports import free_port
 from streams.settings import CACHE_HOME, BrokerKind, Settings
 from streams.stack import StackConfig, down, up
 from streams.store import S3Store
 from streams.topics import physical
-from streams.worker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGTOME = str(Path(sys.executable).with_name("singtome"))
