@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 
 from streams.admin import bootstrap_servers
 from streams.cli import app
-from streams.settings import Settings
+from streams.settings import PULLED_DEFAULTS, Settings
 from streams.topics import STAGES, physical
 from streams.worker import group_id
 
@@ -824,3 +824,20 @@ def test_operations_guide_names_only_real_settings_and_commands() -> None:
     commands = set(re.findall(r"`singtome ([a-z]+)", text))
     cli_commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     assert commands and commands <= cli_commands, commands - cli_commands
+
+
+def test_the_configmap_finds_the_models_where_models_pull_puts_them(
+    settings_from: Any, tmp_path: Path
+) -> None:
+    from streams.models.manifest import load_manifest
+
+    manifest = load_manifest(None, separation=False)
+    expected = {}
+    for setting in PULLED_DEFAULTS:
+        entry = next(iter(manifest.for_setting(setting)))  # type: ignore[arg-type]
+        path = entry.local_path(tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        expected[setting] = path.parent if setting == "pretrained_dir" else path
+    settings = settings_from({**configmap_env(), "SINGTOME_MODEL_DIR": str(tmp_path)})
+    assert {name: getattr(settings, name) for name in PULLED_DEFAULTS} == expected
