@@ -218,10 +218,20 @@ class ConversionQuality(_Model):
     backing_converted: bool = False
 
 
+# Stem gains the mix accepts (dB): from muted (-120) to the loudest a stem sensibly gets before the
+# loudness stage brings the whole track to target_lufs (beyond them the float samples overflow).
+GAIN_DB_RANGE = (-120.0, 24.0)
+
+
+def _gain_field(default: float, stem: str) -> Any:
+    low, high = GAIN_DB_RANGE
+    return Field(default, ge=low, le=high, description=f"Gain of the {stem} in the mix (dB).")
+
+
 class MixOptions(_Model):
-    vocals_gain_db: float = -4.0
-    backing_gain_db: float = -6.0
-    accompaniment_gain_db: float = -7.0
+    vocals_gain_db: float = _gain_field(-4.0, "converted vocals")
+    backing_gain_db: float = _gain_field(-6.0, "backing vocals")
+    accompaniment_gain_db: float = _gain_field(-7.0, "accompaniment")
     effects: bool = Field(True, description="High-pass, compressor and light reverb on the vocals.")
     reverb_wet: float = Field(0.12, ge=0.0, le=1.0)
     key_shift: int = Field(

@@ -8,6 +8,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 import soundfile as sf
+from pydantic import ValidationError
 from scipy.signal import resample_poly
 
 from agents.mixer import encode as encoding
@@ -15,7 +16,7 @@ from agents.mixer.effects import EFFECTS, VOCAL_CHAIN, apply_chain, get_effect, 
 from agents.mixer.loudness import normalise, true_peak_db
 from agents.mixer.mix import STEM_LENGTH_TOLERANCE_S, Stem, align_stems, combine
 from agents.mixer.stage import mix_track
-from schemas.events import MixOptions, OutputOptions
+from schemas.events import GAIN_DB_RANGE, MixOptions, OutputOptions
 from streams.errors import StageError
 
 RATE = 44100
@@ -306,3 +307,24 @@ def test_mix_track_writes_a_normalised_tagged_track(tmp_path: Path) -> None:
     assert result.true_peak_db <= -1.0 + 0.05
     assert np.abs(audio).max() < 1.0
     assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][0] == 1.0
+
+
+@pytest.mark.parametrize("gain", GAIN_DB_RANGE)
+def test_every_allowed_gain_gives_a_normalised_track(gain: float, tmp_path: Path) -> None:
+    stems = {
+        "vocals": write_stem(tmp_path / "v.flac", tone(330, 2.0, 40000), 40000),
+        "accompaniment": write_stem(tmp_path / "a.flac", drum_loop(2.0) * 0.7),
+    }
+    mix = MixOptions(vocals_gain_db=gain, accompaniment_gain_db=gain)
+    result = mix_track(stems, mix, OutputOptions(format="wav"), tmp_path / "cover.wav")
+    audio, _ = sf.read(str(result.path), always_2d=True)
+    assert np.isfinite(audio).all() and np.abs(audio).max() < 1.0
+    assert result.true_peak_db <= -1.0 + 0.05
+
+
+@pytest.mark.parametrize("field", ["vocals_gain_db", "backing_gain_db", "accompaniment_gain_db"])
+def test_a_gain_outside_the_range_is_refused_when_the_event_is_read(field: str) -> None:
+    low, high = GAIN_DB_RANGE
+    for gain in (low - 1, high + 1, 1e300):
+        with pytest.raises(ValidationError, match=field):
+            MixOptions.model_validate({field: gain})
