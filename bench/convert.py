@@ -1,11 +1,16 @@
 """Real-time factor and peak memory of the converter: RVC (full-size, random weights) and WORLD.
 
     python bench/convert.py [--durations 30 180] [--threads 2] [--device cpu] [--f0-method fcpe]
+                            [--runtime auto|torch|onnx|plain] [--size full|tiny]
+    python bench/convert.py --backends rvc --size tiny --durations 60 600   # memory vs length
     python bench/convert.py --reference [--ref-seconds 30] [--ref-rounds 3] [--warm 1]
 
 RVC runs the real v2 40k synthesizer (the public f0G40k layer sizes) and a HuBERT-base-sized
 content encoder (12 layers, 768 wide, 512-channel conv stack), both randomly initialised, with
-the f0 method the service uses when no RMVPE weights are configured (FCPE). WORLD learns a
+the f0 method the service uses when no RMVPE weights are configured (FCPE), through the
+synthesizer path the stage takes by default (``--runtime auto``; ``plain`` is
+``Synthesizer.infer``). ``--size tiny`` shrinks both models so that what grows with the song's
+length (pitch tracking, audio buffers, resampling) stands out from the models. WORLD learns a
 profile from 20 s of generated speech and converts with it. The input is generated sung vocals
 (44.1 kHz, the stems' rate); the output is resampled back to 44.1 kHz, as the stage does.
 
@@ -52,32 +57,34 @@ if str(ROOT) not in sys.path:
 STEM_SR = 44100
 
 
-def hubert_base_encoder(device: str) -> Any:
-    """HuBERT-base's architecture (95M parameters) with random weights."""
+def hubert_base_encoder(device: str, size: str = "full") -> Any:
+    """HuBERT-base's architecture (95M parameters) with random weights; ``tiny``: the same
+    framing and 768-d output with 64 conv channels and one layer (for memory-in-length runs)."""
     from agents.voice.content import ContentEncoder, EncoderConfig
 
+    conv = 512 if size == "full" else 64
     config = EncoderConfig(
         extractor_mode="group_norm",
-        conv_layers=((512, 10, 5), *((512, 3, 2),) * 4, *((512, 2, 2),) * 2),
+        conv_layers=((conv, 10, 5), *((conv, 3, 2),) * 4, *((conv, 2, 2),) * 2),
         conv_bias=False,
         embed_dim=768,
         pos_conv_kernel=128,
         pos_conv_groups=16,
-        num_layers=12,
+        num_layers=12 if size == "full" else 1,
         num_heads=12,
-        ff_dim=3072,
+        ff_dim=3072 if size == "full" else 256,
         layer_norm_first=False,
         final_dim=256,
     )
     return ContentEncoder(config).eval().to(device)
 
 
-def v2_voice_model(device: str) -> Any:
+def v2_voice_model(device: str, size: str = "full") -> Any:
     from agents.voice.checkpoint import VoiceModel
     from agents.voice.configs import get_config
     from agents.voice.synthesizer import build_synthesizer
 
-    config = get_config("v2", "40k")
+    config = get_config("v2", "40k", size)  # type: ignore[arg-type]
     synthesizer = build_synthesizer(config.synthesizer, "v2", True, with_posterior=False)
     synthesizer = synthesizer.eval().to(device)
     return VoiceModel(
@@ -102,12 +109,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def bench_rvc(seconds: float, threads: int, device: str, f0_method: str) -> dict[str, Any]:
+def bench_rvc(
+    seconds: float,
+    threads: int,
+    device: str,
+    f0_method: str,
+    size: str = "full",
+    runtime: str = "plain",
+) -> dict[str, Any]:
     import soundfile as sf
 
     from agents.converter.pipeline import convert_rvc
     from agents.voice.f0 import get_f0_extractor
+    from agents.voice.inference import prepare_for_inference
     from schemas.events import ConversionOptions
+    from streams.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the worker does
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -118,8 +136,10 @@ def bench_rvc(seconds: float, threads: int, device: str, f0_method: str) -> dict
         del audio
         rss_before_models = _peak_rss_mb()
         started = time.perf_counter()
-        voice_model = v2_voice_model(device)
-        encoder = hubert_base_encoder(device)
+        voice_model = v2_voice_model(device, size)
+        if runtime != "plain":  # the stage's default: the fast synthesizer path
+            prepare_for_inference(voice_model, runtime)  # type: ignore[arg-type]
+        encoder = hubert_base_encoder(device, size)
         extractor = get_f0_extractor(f0_method, device=device)
         load_s = time.perf_counter() - started
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -149,6 +169,8 @@ def bench_rvc(seconds: float, threads: int, device: str, f0_method: str) -> dict
         "synthesizer_params_m": round(synth_params / 1e6, 2),
         "encoder_params_m": round(encoder_params / 1e6, 2),
         "f0_method": f0_method,
+        "model_size": size,
+        "runtime": runtime,
         "finite": bool(np.all(np.isfinite(converted))),
     }
 
@@ -330,9 +352,19 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _child(case: dict[str, Any], queue: Any) -> None:
+    from streams.logging import configure_logging
+
+    configure_logging("WARNING")  # stdout carries the JSON only
     try:
         if case["backend"] == "rvc":
-            result = bench_rvc(case["seconds"], case["threads"], case["device"], case["f0_method"])
+            result = bench_rvc(
+                case["seconds"],
+                case["threads"],
+                case["device"],
+                case["f0_method"],
+                case["size"],
+                case["runtime"],
+            )
         else:
             result = bench_world(case["seconds"], case["threads"])
     except Exception as exc:  # report, do not hang the parent
@@ -365,7 +397,18 @@ def main() -> None:
     parser.add_argument("--ref-seconds", type=int, default=30)
     parser.add_argument("--ref-rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=1, help="warm calls per process")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "plain"])
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx", "plain"],
+        help="synthesizer path ('auto': the stage's default; 'plain': Synthesizer.infer)",
+    )
+    parser.add_argument(
+        "--size",
+        default="full",
+        choices=["full", "tiny"],
+        help="RVC model sizes; 'tiny' shows what grows with song length apart from the models",
+    )
     parser.add_argument("--ours-on-reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours_on_reference:
@@ -392,6 +435,8 @@ def main() -> None:
                 "threads": args.threads,
                 "device": args.device,
                 "f0_method": args.f0_method,
+                "size": args.size,
+                "runtime": args.runtime,
             }
         )
         for backend in args.backends

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from functools import cache
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -24,6 +26,15 @@ _lock = threading.Lock()
 _applied: bool | None = None
 
 
+@cache
+def _libc() -> Any:
+    """The C library, or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; True when glibc took them."""
     global _applied
@@ -31,10 +42,8 @@ def keep_freed_memory() -> bool:
         if _applied is not None:
             return _applied
         _applied = False
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
+        mallopt = getattr(_libc(), "mallopt", None)
+        if mallopt is None:
             return False
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
@@ -42,3 +51,18 @@ def keep_freed_memory() -> bool:
             mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
         return _applied
+
+
+def release_freed_memory() -> bool:
+    """Give the freed pages inside the heap back to the kernel (glibc ``malloc_trim(0)``); True
+    when it ran. Trimming only happens at the heap's top otherwise, so memory freed between
+    long-lived arrays stays counted in RSS and a long job's footprint grows piece after piece.
+    Call it between large units of work (a converted piece), not inside a model's layers: the
+    pages then have to be faulted in again on next use."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

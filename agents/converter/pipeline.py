@@ -31,6 +31,7 @@ import torch
 
 from agents.converter.segments import quiet_cut_points, spans
 from schemas.events import ConversionOptions
+from streams.allocator import release_freed_memory
 from streams.logging import get_logger
 
 log = get_logger(__name__)
@@ -492,6 +493,9 @@ def convert_audio16k(
             part = rendered[: min(piece.keep_frames * hop, max(0, expected - at))]
             converted[at : at + len(part)] = part
         del prepared
+        # What the piece freed goes back to the kernel: without it the heap keeps the holes
+        # and RSS grows by ~30 MB per piece (a 10-minute song: +0.5 GB).
+        release_freed_memory()
         done = first + len(group)
         progress(0.1 + 0.85 * done / len(pieces), f"converted piece {done}/{len(pieces)}")
 

@@ -83,6 +83,7 @@ def test_context_frames_is_the_decoders_real_reach() -> None:
     synth = _synth("v2", "48k", True)
     dec = synth.dec
     hop, frames, poke = dec.upp, 120, 60
+    torch.manual_seed(0)  # the reach seen depends on the values a little (1888-1937 samples)
     z = torch.randn(1, dec.conv_pre.in_channels, frames)
     g = torch.randn(1, dec.cond.in_channels, 1)
     source = 0.1 * torch.randn(1, 1, frames * hop)
@@ -94,8 +95,10 @@ def test_context_frames_is_the_decoders_real_reach() -> None:
     changed = torch.nonzero((after - before).abs()[0, 0] > 0).flatten()
     reach_samples = max(poke * hop - int(changed.min()), int(changed.max()) - (poke + 1) * hop)
     assert 0 < reach_samples <= dec.context_frames() * hop
-    # ... and the bound is not wildly loose (within 3 frames: the rounding up at each stage).
-    assert reach_samples > (dec.context_frames() - 3) * hop
+    # ... and the bound is not wildly loose: within 4 frames (the rounding up at each stage; the
+    # last taps of a receptive field add too little to show). Measured: 7-frame bound, reach
+    # 3.9-4.0 frames over seeds 0-5, so "within 3" failed about half the time unseeded.
+    assert reach_samples > (dec.context_frames() - 4) * hop
 
 
 def test_only_the_kept_frames_are_decoded_and_they_match() -> None:

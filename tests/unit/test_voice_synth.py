@@ -370,3 +370,22 @@ def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
         torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(), strict=True)
     )
     assert other_opt.state_dict()["state"][0]["step"] == 1
+
+
+def test_long_pieces_attend_a_block_of_queries_at_a_time_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents.voice.modules import attentions
+
+    torch.manual_seed(0)
+    layer = attentions.RelativeSelfAttention(192, 2, window_size=10).eval()
+    lengths = torch.tensor([1300, 1100])  # past two block edges; the second one padded
+    x = torch.randn(2, 192, 1300)
+    x_mask = (torch.arange(1300)[None, :] < lengths[:, None]).unsqueeze(1).float()
+    attn_mask = x_mask.unsqueeze(2) * x_mask.unsqueeze(-1)
+    with torch.no_grad():
+        blocked = layer(x, attn_mask)
+        monkeypatch.setattr(attentions, "QUERY_BLOCK", 10**6)
+        whole = layer(x, attn_mask)
+    assert blocked.shape == whole.shape
+    assert torch.allclose(blocked, whole, atol=1e-5, rtol=0) and blocked.abs().max() > 0.1

@@ -7,6 +7,7 @@ frames, and lies in [:data:`F0_MIN`, :data:`F0_MAX`].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -54,6 +55,43 @@ def finish(f0: np.ndarray, n_samples: int, p_len: int | None, f0_max: float = F0
     target = natural_length(n_samples) if p_len is None else int(p_len)
     f0 = f0[:target] if f0.shape[0] >= target else np.pad(f0, (0, target - f0.shape[0]))
     return f0.astype(np.float32)
+
+
+# Neural trackers (FCPE, RMVPE) hold activations for every frame they are given: a whole song at
+# once costs memory in proportion to its length (FCPE: ~1.8 MB per second of audio). They run on
+# pieces of CHUNK_S seconds instead, each with CONTEXT_S of audio on both sides so that every kept
+# frame sees the same surroundings it would in one pass.
+CHUNK_S = 30.0
+CONTEXT_S = 2.0
+
+
+def in_chunks(
+    track: Callable[[np.ndarray], np.ndarray],
+    audio16k: np.ndarray,
+    chunk_s: float = CHUNK_S,
+    context_s: float = CONTEXT_S,
+) -> np.ndarray:
+    """``track`` (audio -> one f0 value per frame of its natural length) run piece by piece.
+
+    A piece starting at sample ``160 * k`` gives frames ``k, k + 1, ...`` of the whole track (the
+    grid is the same), so each piece's core frames are copied into place and its context frames
+    dropped. Audio no longer than one chunk is tracked in one call, unchanged."""
+    x = as_audio16k(audio16k)
+    frames = natural_length(x.shape[0])
+    chunk = max(1, int(chunk_s * SAMPLE_RATE) // HOP)
+    context = int(context_s * SAMPLE_RATE) // HOP
+    if frames <= chunk + context:
+        return np.asarray(track(x), dtype=np.float32)
+    f0 = np.zeros(frames, dtype=np.float32)
+    for first in range(0, frames, chunk):
+        last = min(first + chunk, frames)
+        start = max(0, first - context)
+        stop = min(x.shape[0], (last + context) * HOP)
+        piece = np.asarray(track(x[start * HOP : stop]), dtype=np.float32)
+        offset = first - start
+        kept = piece[offset : offset + (last - first)]
+        f0[first : first + len(kept)] = kept
+    return f0
 
 
 def coarse_f0(f0_hz: np.ndarray) -> np.ndarray:

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.voice.f0.base import F0_MAX, F0_MIN, SAMPLE_RATE, as_audio16k, finish, natural_length
+from agents.voice.f0.base import (
+    F0_MAX,
+    F0_MIN,
+    SAMPLE_RATE,
+    as_audio16k,
+    finish,
+    in_chunks,
+    natural_length,
+)
 
 THRESHOLD = 0.006
 """Decoder confidence below which a frame is unvoiced (RVC's and torchfcpe's value)."""
@@ -36,6 +44,9 @@ class FcpeExtractor:
     def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
         x = as_audio16k(audio16k)
         target = natural_length(x.shape[0]) if p_len is None else int(p_len)
+        return finish(in_chunks(self._track, x), x.shape[0], target, self.f0_max)
+
+    def _track(self, x: np.ndarray) -> np.ndarray:
         model = self._load()
         audio = torch.from_numpy(x.copy()).to(self.device)[None, :, None]
         with torch.inference_mode():
@@ -47,6 +58,6 @@ class FcpeExtractor:
                 f0_min=F0_MIN,
                 f0_max=self.f0_max,
                 interp_uv=False,
-                output_interp_target_length=max(target, 1),
+                output_interp_target_length=natural_length(x.shape[0]),
             )
-        return finish(f0.reshape(-1).cpu().numpy(), x.shape[0], target, self.f0_max)
+        return f0.reshape(-1).cpu().numpy()

@@ -20,7 +20,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from agents.voice.content import refused_for_code
-from agents.voice.f0.base import HOP, SAMPLE_RATE, as_audio16k, finish
+from agents.voice.f0.base import HOP, SAMPLE_RATE, as_audio16k, finish, in_chunks
 from streams.errors import StageError
 from streams.logging import get_logger
 
@@ -356,7 +356,9 @@ class RmvpeExtractor:
 
     def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
         x = as_audio16k(audio16k)
+        return finish(in_chunks(self._track, x), x.shape[0], p_len)
+
+    def _track(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] < N_FFT // 2 + 1:  # reflect padding needs half a window of audio
             x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))
-        f0 = salience_to_f0(self.salience(x))
-        return finish(f0, as_audio16k(audio16k).shape[0], p_len)
+        return salience_to_f0(self.salience(x))

@@ -25,6 +25,10 @@ class ChannelLayerNorm(nn.Module):
         return x.transpose(1, -1)
 
 
+QUERY_BLOCK = 512
+"""Queries attended at a time at inference (memory: QUERY_BLOCK x length per intermediate)."""
+
+
 class RelativeSelfAttention(nn.Module):
     """Multi-head self-attention with learned relative-position embeddings for keys and values.
 
@@ -62,6 +66,33 @@ class RelativeSelfAttention(nn.Module):
         valid = (keys >= 0) & (keys < length)
         return keys.clamp(0, length - 1), valid
 
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor,
+        key_index: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention of the queries ``query`` ([b, h, q, d]) over every key; ``attn_mask``,
+        ``key_index`` and ``valid`` hold those queries' rows."""
+        batch, heads, rows, _ = query.shape
+        scores = torch.matmul(query, key.transpose(-2, -1))  # [b, h, q, t]
+        # Relative logits only for the 2w+1 offsets that have embeddings, then put them at their
+        # absolute key positions (positions outside the window add nothing).
+        rel_logits = torch.matmul(query, self.emb_rel_k.transpose(-2, -1))  # [b, h, q, 2w+1]
+        rel_logits = rel_logits * valid.to(rel_logits.dtype)
+        index = key_index.expand(batch, heads, rows, -1)
+        local = torch.zeros_like(scores).scatter_add_(-1, index, rel_logits)
+        scores = scores + local
+        scores = scores.masked_fill(attn_mask == 0, -1e4)
+        weights = self.drop(F.softmax(scores, dim=-1))
+
+        output = torch.matmul(weights, value)  # [b, h, q, d]
+        rel_weights = torch.gather(weights, -1, index) * valid.to(weights.dtype)
+        return output + torch.matmul(rel_weights, self.emb_rel_v)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         batch, channels, length = x.shape
         heads, head_ch = self.n_heads, self.head_channels
@@ -73,21 +104,27 @@ class RelativeSelfAttention(nn.Module):
         key = split_heads(self.conv_k(x))
         value = split_heads(self.conv_v(x))
 
-        scores = torch.matmul(query, key.transpose(-2, -1))  # [b, h, t, t]
         key_index, valid = self._relative_index(length, x.device)  # [t, 2w+1]
-        # Relative logits only for the 2w+1 offsets that have embeddings, then put them at their
-        # absolute key positions (positions outside the window add nothing).
-        rel_logits = torch.matmul(query, self.emb_rel_k.transpose(-2, -1))  # [b, h, t, 2w+1]
-        rel_logits = rel_logits * valid.to(rel_logits.dtype)
-        index = key_index.expand(batch, heads, length, -1)
-        local = torch.zeros_like(scores).scatter_add_(-1, index, rel_logits)
-        scores = scores + local
-        scores = scores.masked_fill(attn_mask == 0, -1e4)
-        weights = self.drop(F.softmax(scores, dim=-1))
-
-        output = torch.matmul(weights, value)  # [b, h, t, d]
-        rel_weights = torch.gather(weights, -1, index) * valid.to(weights.dtype)
-        output = output + torch.matmul(rel_weights, self.emb_rel_v)
+        if torch.is_grad_enabled() or length <= QUERY_BLOCK:
+            output = self._attend(query, key, value, attn_mask, key_index, valid)
+        else:
+            # Inference on a long piece: a block of queries at a time. Every row's softmax is its
+            # own, so the result is the same, while the [t, t] intermediates (six of them, ~1 GB
+            # for a 45 s piece) shrink to [QUERY_BLOCK, t].
+            output = torch.cat(
+                [
+                    self._attend(
+                        query[:, :, first : first + QUERY_BLOCK],
+                        key,
+                        value,
+                        attn_mask[:, :, first : first + QUERY_BLOCK],
+                        key_index[first : first + QUERY_BLOCK],
+                        valid[first : first + QUERY_BLOCK],
+                    )
+                    for first in range(0, length, QUERY_BLOCK)
+                ],
+                dim=2,
+            )
         output = output.transpose(2, 3).contiguous().view(batch, channels, length)
         return self.conv_o(output)
 
