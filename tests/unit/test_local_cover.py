@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from frontends.demo import make_demo_inputs
+from frontends.local import run_cover
 from schemas.events import JobOptions
-from streams.demo import make_demo_inputs
 from streams.keys import job_event_key
-from streams.local import run_cover
 from streams.settings import Settings
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
 
