@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from agents.registry import STAGE_NAMES
 from frontends.cli_models import doctor, models_app
 from schemas.events import TrackReady
 from streams.settings import CACHE_HOME, Settings, get_settings
@@ -33,7 +34,6 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
 app.command("doctor")(doctor)
 
-STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"
 
 
@@ -71,13 +71,20 @@ def worker(
     ] = None,
 ) -> None:
     """Run one stage worker: consume its topic until SIGTERM. Start more to scale."""
-    if stage not in STAGE_NAMES:
-        _fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+    from agents import registry
+
+    try:
+        declaration = registry.stage(stage)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
     from streams.device import DeviceUnavailable
     from streams.worker import run_worker
 
     try:
-        run_worker(stage, get_settings(), handler_spec=handler, group=group)
+        # The runtime imports the handler (the stage's own, or the override) once it has chosen
+        # the device and created the topics.
+        run_worker(stage, get_settings(), handler or declaration.handler, group=group)
     except DeviceUnavailable as exc:
         _fail(str(exc))
 

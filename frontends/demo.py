@@ -23,11 +23,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from agents.registry import STAGE_NAMES
 from frontends.stack import StackConfig, status, up
 from schemas.events import JobOptions, TrackFailed, TrackReady
 from streams.logging import get_logger
 from streams.settings import Settings
-from streams.topics import STAGES
 
 log = get_logger(__name__)
 
@@ -141,7 +141,7 @@ def stage_workers(env: dict[str, str], log_dir: Path, timeout_s: float = 180) ->
     singtome = str(Path(sys.executable).with_name("singtome"))
     procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
     try:
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             port = free_port()
             with open(log_dir / f"{stage}.log", "ab") as out:
                 proc = subprocess.Popen(

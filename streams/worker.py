@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import os
 import signal
 import socket
@@ -44,7 +43,7 @@ from streams.logging import configure_logging, get_logger
 from streams.metrics import Metrics
 from streams.runner import Runner, SendError
 from streams.settings import Settings
-from streams.stage import Handler
+from streams.stage import HandlerRef, resolve_handler
 from streams.store import S3Store
 from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, StageTopics, dlq, physical
 
@@ -52,16 +51,6 @@ log = get_logger(__name__)
 
 #: exit status of a worker that left because a stage call stayed stuck past its timeout
 EXIT_STUCK = 70
-
-
-def load_handler(stage: str, spec: str | None = None) -> Handler:
-    """``module:function`` (default ``agents.<stage>.agent:handle``)."""
-    target = spec or f"agents.{stage}.agent:handle"
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ValueError(f"handler must look like 'package.module:function', got {target!r}")
-    handler: Handler = getattr(importlib.import_module(module_name), attr)
-    return handler
 
 
 def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
@@ -313,10 +302,12 @@ class DrainingWorker(faust.Worker):
 def create_app(
     stage_name: str,
     settings: Settings,
-    handler_spec: str | None = None,
+    handler: HandlerRef,
     group: str | None = None,
     device: str | None = None,
 ) -> tuple[faust.App, Runner, WorkerState]:
+    """The Faust app of one stage. ``handler`` comes from the caller (the CLI takes it from the
+    stage registry, ``agents/registry.py``): the runtime knows no stage's code."""
     stage = STAGES[stage_name]
     port = settings.health_port or free_port()
     credentials = None
@@ -370,7 +361,7 @@ def create_app(
         metrics.device.labels(stage_name, device).set(1)
     runner = Runner(
         stage=stage,
-        handler=load_handler(stage_name, handler_spec),
+        handler=resolve_handler(handler),
         settings=settings,
         store=S3Store(settings),
         emitter=FaustEmitter(app, settings),
@@ -588,10 +579,11 @@ def worker_device(stage_name: str, settings: Settings) -> str:
 def run_worker(
     stage_name: str,
     settings: Settings,
-    handler_spec: str | None = None,
+    handler: HandlerRef,
     group: str | None = None,
 ) -> None:
-    """Run one stage worker until SIGTERM/SIGINT."""
+    """Run one stage worker until SIGTERM/SIGINT. A ``package.module:function`` handler is
+    imported once the device is chosen and the topics exist, as the app is built."""
     from streams.allocator import keep_freed_memory
 
     keep_freed_memory()
@@ -600,7 +592,7 @@ def run_worker(
 
     device = worker_device(stage_name, settings)
     create_topics(settings)
-    app, _, state = create_app(stage_name, settings, handler_spec, group, device=device)
+    app, _, state = create_app(stage_name, settings, handler, group, device=device)
     worker = DrainingWorker(
         app,
         state,
