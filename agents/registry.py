@@ -26,22 +26,27 @@ class StageDeclaration:
     produces: type[Event]
     #: where the handler lives, ``package.module:function``
     handler: str
+    #: whether its work runs on the configured device (SINGTOME_DEVICE) or always on the CPU
+    uses_device: bool
 
     def load(self) -> Handler:
         """Import the stage's handler."""
         return load_handler(self.handler)
 
 
-def _declare(name: str, handler: str) -> StageDeclaration:
+def _declare(name: str, handler: str, *, uses_device: bool) -> StageDeclaration:
     topics = FLOW[name]
-    return StageDeclaration(name, topics.consumes, BY_TOPIC[topics.produces], handler)
+    return StageDeclaration(
+        name, topics.consumes, BY_TOPIC[topics.produces], handler, uses_device=uses_device
+    )
 
 
 STAGES: tuple[StageDeclaration, ...] = (
-    _declare("separator", "agents.separator.agent:handle"),
-    _declare("trainer", "agents.trainer.agent:handle"),
-    _declare("converter", "agents.converter.agent:handle"),
-    _declare("mixer", "agents.mixer.agent:handle"),
+    _declare("separator", "agents.separator.agent:handle", uses_device=True),
+    _declare("trainer", "agents.trainer.agent:handle", uses_device=True),
+    _declare("converter", "agents.converter.agent:handle", uses_device=True),
+    # the mixer never touches torch
+    _declare("mixer", "agents.mixer.agent:handle", uses_device=False),
 )
 
 BY_NAME: dict[str, StageDeclaration] = {stage.name: stage for stage in STAGES}

@@ -84,7 +84,13 @@ def worker(
     try:
         # The runtime imports the handler (the stage's own, or the override) once it has chosen
         # the device and created the topics.
-        run_worker(stage, get_settings(), handler or declaration.handler, group=group)
+        run_worker(
+            stage,
+            get_settings(),
+            handler or declaration.handler,
+            group=group,
+            uses_device=declaration.uses_device,
+        )
     except DeviceUnavailable as exc:
         _fail(str(exc))
 

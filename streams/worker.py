@@ -559,13 +559,14 @@ def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
         return
 
 
-def worker_device(stage_name: str, settings: Settings) -> str:
-    """The device this stage's work runs on, chosen once at start and logged. A configured GPU
-    that is not usable raises :class:`streams.device.DeviceUnavailable`: the worker does not
-    start rather than run on the CPU unannounced."""
-    from streams.device import STAGES_ON_DEVICE, DeviceUnavailable, resolve_device
+def worker_device(settings: Settings, uses_device: bool) -> str:
+    """The device this stage's work runs on (the CPU for a stage that uses none), chosen once at
+    start and logged. A configured GPU that is not usable raises
+    :class:`streams.device.DeviceUnavailable`: the worker does not start rather than run on the
+    CPU unannounced."""
+    from streams.device import DeviceUnavailable, resolve_device
 
-    if stage_name not in STAGES_ON_DEVICE:
+    if not uses_device:
         return "cpu"
     try:
         device = str(resolve_device(settings.device, probe=True))
@@ -581,16 +582,19 @@ def run_worker(
     settings: Settings,
     handler: HandlerRef,
     group: str | None = None,
+    *,
+    uses_device: bool,
 ) -> None:
     """Run one stage worker until SIGTERM/SIGINT. A ``package.module:function`` handler is
-    imported once the device is chosen and the topics exist, as the app is built."""
+    imported once the device is chosen and the topics exist, as the app is built; ``uses_device``
+    (from the stage registry) says whether the stage's work runs on the configured device."""
     from streams.allocator import keep_freed_memory
 
     keep_freed_memory()
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     from streams.admin import create_topics
 
-    device = worker_device(stage_name, settings)
+    device = worker_device(settings, uses_device)
     create_topics(settings)
     app, _, state = create_app(stage_name, settings, handler, group, device=device)
     worker = DrainingWorker(
