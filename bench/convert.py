@@ -98,7 +98,7 @@ def v2_voice_model(device: str, size: str = "full") -> Any:
 
 def sung_input(seconds: float) -> np.ndarray:
     """Generated sung vocals: 30 s made once, repeated to the wanted length."""
-    from streams.demo_audio import sung_vocal
+    from frontends.demo_audio import sung_vocal
 
     clip, _ = sung_vocal(min(30.0, seconds), STEM_SR, seed=11)
     repeats = int(np.ceil(seconds * STEM_SR / len(clip)))
@@ -177,7 +177,7 @@ def bench_rvc(
 
 def bench_world(seconds: float, threads: int) -> dict[str, Any]:
     from agents.voice.world import EnvelopeStats, analyse_f0_and_envelope, convert_world
-    from streams.demo_audio import speech_voice
+    from frontends.demo_audio import speech_voice
 
     stats = EnvelopeStats()
     started = time.perf_counter()

@@ -89,8 +89,8 @@ def _encoder(device: torch.device, dry: bool) -> Any:
 def bench_conversion(device: torch.device, dry: bool, seconds: float) -> list[dict[str, Any]]:
     from agents.converter.pipeline import Windows, convert_audio16k, cut_points
     from agents.voice.f0 import get_f0_extractor
+    from frontends.demo_audio import sung_vocal
     from schemas.events import ConversionOptions
-    from streams.demo_audio import sung_vocal
 
     audio, _ = sung_vocal(seconds, 16000, seed=3)
     audio = np.asarray(audio, dtype=np.float32)
@@ -167,7 +167,7 @@ def bench_training(device: torch.device, dry: bool, steps: int) -> dict[str, Any
 
 def bench_separation(device: torch.device, seconds: float) -> dict[str, Any]:
     from agents.separator.backends.spleeter import SpleeterBackend
-    from streams.demo_audio import sung_vocal
+    from frontends.demo_audio import sung_vocal
 
     vocal, _ = sung_vocal(seconds, STEM_SR, seed=5)
     song = np.stack([vocal, vocal], axis=1).astype(np.float32)

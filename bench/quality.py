@@ -5,7 +5,7 @@
         [--rvc-index voice.index]
 
 Each pair is the same words and melody sung by two espeak-ng voices re-pitched with WORLD
-(``streams.demo_audio.parallel_pair``): a source (``en+f2``, A4-A5, median near 700 Hz) and its
+(``frontends.demo_audio.parallel_pair``): a source (``en+f2``, A4-A5, median near 700 Hz) and its
 parallel rendition by the target voice (``en+m3``) an octave lower, plus 32 s of other takes of
 the target voice as its dataset. The fallback learns a profile from the dataset (as the trainer
 does) and converts the source at the automatic key; the baseline shifts the source by the same
@@ -88,7 +88,7 @@ def pitch_shift(audio: np.ndarray, semitones: int) -> np.ndarray:
 def run_pair(index: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from agents.trainer.profile import learn_profile
     from agents.voice import quality, world
-    from streams.demo_audio import parallel_pair, write
+    from frontends.demo_audio import parallel_pair, write
 
     pair = parallel_pair(args.duration, SR, seed=args.seed + index)
     files = [
@@ -121,8 +121,8 @@ def run_pair(index: int, args: argparse.Namespace, folder: Path) -> dict[str, An
 
 def run_rvc(pair: Any, args: argparse.Namespace, source_path: Path, embedding: Any) -> Any:
     from agents.converter.stage import convert_vocals
+    from frontends.demo_audio import write
     from schemas.events import ConversionOptions
-    from streams.demo_audio import write
     from streams.settings import get_settings
 
     settings = get_settings()

@@ -28,7 +28,7 @@ def write_song(path: Path, duration_s: float) -> None:
     import numpy as np
     import soundfile as sf
 
-    from streams import demo_audio as synth
+    from frontends import demo_audio as synth
 
     vocal, _ = synth.sung_vocal(LOOP_S, seed=1)
     loop = synth.mix(vocal, synth.accompaniment(LOOP_S, seed=1))

@@ -100,7 +100,7 @@ def asyncapi_document() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    from streams.topics import STAGES, dlq
+    from schemas.flow import STAGES, dlq
 
     consumed_by = {s.consumes: s.stage for s in STAGES.values()}
     produced_by = {s.produces: s.stage for s in STAGES.values()}

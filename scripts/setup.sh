@@ -80,7 +80,7 @@ if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         openjdk-17-jdk-headless maven >/dev/null
 fi
-(cd "$ROOT" && "$VENV/bin/python" -m streams.kafka_broker install >/dev/null)
+(cd "$ROOT" && "$VENV/bin/python" -m frontends.kafka_broker install >/dev/null)
 JAVA_STAMP="$HOME/.m2/repository/.singtome-java-client.stamp"  # gone with the repository
 want_java="$(sha256sum "$ROOT/clients/java/pom.xml" | cut -d' ' -f1)"
 if [ "$(cat "$JAVA_STAMP" 2>/dev/null)" != "$want_java" ]; then

@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-# Stages whose work runs on the configured device (the mixer never touches torch).
-STAGES_ON_DEVICE = frozenset({"separator", "trainer", "converter"})
-
 
 class DeviceUnavailable(RuntimeError):
     """The configured device cannot be used on this machine."""

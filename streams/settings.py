@@ -19,7 +19,7 @@ from streams import keys as keylayout
 
 CACHE_HOME = Path.home() / ".cache" / "singtome"
 
-# The brokers `singtome stack up` can run locally (streams/stack.py), the default, and where
+# The brokers `singtome stack up` can run locally (frontends/stack.py), the default, and where
 # scripts/setup.sh puts Apache Kafka's jars.
 BrokerKind = Literal["kafka", "tansu"]
 DEFAULT_STACK_BROKER: BrokerKind = "kafka"

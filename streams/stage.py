@@ -1,12 +1,14 @@
 """What the runner hands a stage: the contract between the Kafka adapter and the stage logic.
 
-An agent module (``agents/<stage>/agent.py``) exposes ``handle(event, ctx) -> next_event``: it
-fetches the objects the event names from ``ctx.store``, calls the stage's plain function, stores
-the outputs under content-addressed keys and returns the next event. It never touches Kafka.
+A stage's handler is ``handle(event, ctx) -> next_event``: it fetches the objects the event names
+from ``ctx.store``, calls the stage's plain function, stores the outputs under content-addressed
+keys and returns the next event. It never touches Kafka. The runtime knows no stage: a front end
+looks the stage up in the stage registry (``agents/registry.py``) and hands its handler over.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,23 @@ class StageContext:
 
 
 Handler = Callable[[Event, StageContext], Event]
+
+#: a handler, or where to import it from (``package.module:function``)
+HandlerRef = Handler | str
+
+
+def load_handler(spec: str) -> Handler:
+    """Import the handler ``package.module:function`` names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"handler must look like 'package.module:function', got {spec!r}")
+    handler: Handler = getattr(importlib.import_module(module_name), attr)
+    return handler
+
+
+def resolve_handler(handler: HandlerRef) -> Handler:
+    """The handler itself: imported when given as ``package.module:function``."""
+    return load_handler(handler) if isinstance(handler, str) else handler
 
 
 def fetch(ctx: StageContext, key: str | None, name: str) -> Path:

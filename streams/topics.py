@@ -1,65 +1,43 @@
-"""The topic table, declared once. Every pipeline topic has a ``<topic>.dlq`` twin."""
+"""The topics as the runtime names them. The flow table itself (topic names, which stage consumes
+and produces which, the DLQ twins) is declared once, with the schemas, in ``schemas/flow.py``;
+what is added here is the broker's side: the configured prefix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from schemas.events import (
-    JobProgress,
-    SongUploaded,
-    TrackFailed,
-    TrackReady,
-    VocalsConverted,
-    VocalsSeparated,
-    VoiceTrained,
-)
-
-SONG_UPLOADED = SongUploaded.topic
-VOCALS_SEPARATED = VocalsSeparated.topic
-VOICE_TRAINED = VoiceTrained.topic
-VOCALS_CONVERTED = VocalsConverted.topic
-TRACK_READY = TrackReady.topic
-TRACK_FAILED = TrackFailed.topic
-JOB_PROGRESS = JobProgress.topic
-
-DLQ_SUFFIX = ".dlq"
-
-
-def dlq(topic: str) -> str:
-    return topic + DLQ_SUFFIX
-
-
-@dataclass(frozen=True)
-class StageTopics:
-    stage: str
-    consumes: str
-    produces: str
-
-
-# The flow: which stage reads which topic and writes which.
-STAGES: dict[str, StageTopics] = {
-    "separator": StageTopics("separator", SONG_UPLOADED, VOCALS_SEPARATED),
-    "trainer": StageTopics("trainer", VOCALS_SEPARATED, VOICE_TRAINED),
-    "converter": StageTopics("converter", VOICE_TRAINED, VOCALS_CONVERTED),
-    "mixer": StageTopics("mixer", VOCALS_CONVERTED, TRACK_READY),
-}
-
-PIPELINE_TOPICS = (
+from schemas.flow import (
+    DLQ_SUFFIX,
+    JOB_PROGRESS,
+    PIPELINE_TOPICS,
     SONG_UPLOADED,
+    STAGES,
+    TRACK_FAILED,
+    TRACK_READY,
+    VOCALS_CONVERTED,
     VOCALS_SEPARATED,
     VOICE_TRAINED,
-    VOCALS_CONVERTED,
-    TRACK_READY,
-    TRACK_FAILED,
-    JOB_PROGRESS,
+    StageTopics,
+    all_topics,
+    dlq,
 )
+
+__all__ = [
+    "DLQ_SUFFIX",
+    "JOB_PROGRESS",
+    "PIPELINE_TOPICS",
+    "SONG_UPLOADED",
+    "STAGES",
+    "TRACK_FAILED",
+    "TRACK_READY",
+    "VOCALS_CONVERTED",
+    "VOCALS_SEPARATED",
+    "VOICE_TRAINED",
+    "StageTopics",
+    "all_topics",
+    "dlq",
+    "physical",
+]
 
 
 def physical(topic: str, prefix: str) -> str:
     """The name of a topic on the broker: the configured prefix + the plain name."""
     return prefix + topic
-
-
-def all_topics() -> list[str]:
-    """Every topic the pipeline uses: the pipeline topics and the DLQ of each consumed topic."""
-    return [*PIPELINE_TOPICS, *(dlq(s.consumes) for s in STAGES.values())]

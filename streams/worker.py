@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import os
 import signal
 import sys
@@ -44,7 +43,7 @@ from streams.metrics import Metrics
 from streams.ports import free_port
 from streams.runner import Runner, SendError
 from streams.settings import Settings
-from streams.stage import Handler
+from streams.stage import HandlerRef, resolve_handler
 from streams.store import S3Store
 from streams.topics import JOB_PROGRESS, STAGES, TRACK_FAILED, StageTopics, dlq, physical
 
@@ -52,16 +51,6 @@ log = get_logger(__name__)
 
 #: exit status of a worker that left because a stage call stayed stuck past its timeout
 EXIT_STUCK = 70
-
-
-def load_handler(stage: str, spec: str | None = None) -> Handler:
-    """``module:function`` (default ``agents.<stage>.agent:handle``)."""
-    target = spec or f"agents.{stage}.agent:handle"
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ValueError(f"handler must look like 'package.module:function', got {target!r}")
-    handler: Handler = getattr(importlib.import_module(module_name), attr)
-    return handler
 
 
 def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
@@ -307,10 +296,12 @@ class DrainingWorker(faust.Worker):
 def create_app(
     stage_name: str,
     settings: Settings,
-    handler_spec: str | None = None,
+    handler: HandlerRef,
     group: str | None = None,
     device: str | None = None,
 ) -> tuple[faust.App, Runner, WorkerState]:
+    """The Faust app of one stage. ``handler`` comes from the caller (the CLI takes it from the
+    stage registry, ``agents/registry.py``): the runtime knows no stage's code."""
     stage = STAGES[stage_name]
     port = settings.health_port or free_port()
     credentials = None
@@ -364,7 +355,7 @@ def create_app(
         metrics.device.labels(stage_name, device).set(1)
     runner = Runner(
         stage=stage,
-        handler=load_handler(stage_name, handler_spec),
+        handler=resolve_handler(handler),
         settings=settings,
         store=S3Store(settings),
         emitter=FaustEmitter(app, settings),
@@ -562,13 +553,14 @@ def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
         return
 
 
-def worker_device(stage_name: str, settings: Settings) -> str:
-    """The device this stage's work runs on, chosen once at start and logged. A configured GPU
-    that is not usable raises :class:`streams.device.DeviceUnavailable`: the worker does not
-    start rather than run on the CPU unannounced."""
-    from streams.device import STAGES_ON_DEVICE, DeviceUnavailable, resolve_device
+def worker_device(settings: Settings, uses_device: bool) -> str:
+    """The device this stage's work runs on (the CPU for a stage that uses none), chosen once at
+    start and logged. A configured GPU that is not usable raises
+    :class:`streams.device.DeviceUnavailable`: the worker does not start rather than run on the
+    CPU unannounced."""
+    from streams.device import DeviceUnavailable, resolve_device
 
-    if stage_name not in STAGES_ON_DEVICE:
+    if not uses_device:
         return "cpu"
     try:
         device = str(resolve_device(settings.device, probe=True))
@@ -582,19 +574,23 @@ def worker_device(stage_name: str, settings: Settings) -> str:
 def run_worker(
     stage_name: str,
     settings: Settings,
-    handler_spec: str | None = None,
+    handler: HandlerRef,
     group: str | None = None,
+    *,
+    uses_device: bool,
 ) -> None:
-    """Run one stage worker until SIGTERM/SIGINT."""
+    """Run one stage worker until SIGTERM/SIGINT. A ``package.module:function`` handler is
+    imported once the device is chosen and the topics exist, as the app is built; ``uses_device``
+    (from the stage registry) says whether the stage's work runs on the configured device."""
     from streams.allocator import keep_freed_memory
 
     keep_freed_memory()
     configure_logging(settings.log_level, settings.log_format, stage=stage_name)
     from streams.admin import create_topics
 
-    device = worker_device(stage_name, settings)
+    device = worker_device(settings, uses_device)
     create_topics(settings)
-    app, _, state = create_app(stage_name, settings, handler_spec, group, device=device)
+    app, _, state = create_app(stage_name, settings, handler, group, device=device)
     worker = DrainingWorker(
         app,
         state,

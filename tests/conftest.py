@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.stack import StackConfig
+from frontends.stack import StackConfig
 from tests.pipeline import Pipeline
 
 # Model files: the tests never see files a developer pulled (their own model dir unless

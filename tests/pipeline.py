@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frontends.stack import StackConfig, down, up
 from schemas.events import BY_TOPIC, Event, JobOptions, ObjectKeys, SongUploaded, VoiceOptions
 from streams.admin import create_topics
 from streams.ports import free_port
 from streams.settings import CACHE_HOME, BrokerKind, Settings
-from streams.stack import StackConfig, down, up
 from streams.store import S3Store
 from streams.topics import physical
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agents.converter.segments import quiet_cut_points, spans
+from agents.voice.segments import quiet_cut_points, spans
 from schemas.events import ConversionOptions
 from streams.allocator import release_freed_memory
 from streams.logging import get_logger

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.converter.segments import quiet_cut_points, spans
+from agents.voice.segments import quiet_cut_points, spans
 from streams.errors import StageError
 from streams.logging import get_logger
 

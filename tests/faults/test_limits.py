@@ -12,11 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from frontends.stack import StackConfig, start_broker, stop_service
 from schemas.events import ObjectKeys, SongUploaded, TrackFailed, encode
 from streams.admin import kafka_client_kwargs
 from streams.client import publish
 from streams.runner import CLAIM_CHECK_HEADER
-from streams.stack import StackConfig, start_broker, stop_service
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, VOCALS_SEPARATED, dlq
 from streams.worker import EXIT_STUCK
 from tests.events import voice_options

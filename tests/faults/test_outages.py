@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
+from frontends.stack import broker_info, start_broker, stop_broker
 from schemas.events import TrackFailed
 from streams.client import publish
-from streams.stack import broker_info, start_broker, stop_broker
 from streams.topics import TRACK_READY, VOCALS_SEPARATED
 from tests.pipeline import SINGTOME, Pipeline, TcpProxy, health, wait_job_in_hand
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from streams.demo import make_demo_inputs
+from frontends.demo import make_demo_inputs
 from tests.pipeline import SINGTOME, Pipeline
 
 SECONDS = 3.0

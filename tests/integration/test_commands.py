@@ -12,9 +12,9 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
+from frontends.demo import make_demo_inputs
+from frontends.stack import StackConfig
 from streams.client import job_state
-from streams.demo import make_demo_inputs
-from streams.stack import StackConfig
 from tests.modelserver import model_server
 from tests.pipeline import SINGTOME
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from frontends.stack import StackConfig
 from schemas.events import (
     ObjectKeys,
     SongUploaded,
@@ -33,7 +34,6 @@ from schemas.events import (
     encode,
 )
 from streams.client import publish
-from streams.stack import StackConfig
 from streams.store import InvalidKey, S3Store
 from streams.topics import (
     SONG_UPLOADED,

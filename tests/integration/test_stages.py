@@ -18,6 +18,8 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
+from frontends import demo_audio as audio_synth
+from frontends.stack import StackConfig
 from schemas.events import (
     JobOptions,
     ObjectKeys,
@@ -29,9 +31,7 @@ from schemas.events import (
     VoiceOptions,
     VoiceTrained,
 )
-from streams import demo_audio as audio_synth
 from streams.client import publish
-from streams.stack import StackConfig
 from tests.pipeline import Pipeline
 
 SR = 44100

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from frontends.stack import StackConfig, broker_info, down, up
 from streams.client import publish, publish_raw_async
-from streams.stack import StackConfig, broker_info, down, up
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, TRACK_READY
 from tests.faults.test_outages import restart_with_jobs_in_flight
 from tests.pipeline import Pipeline, stack_port

@@ -1,6 +1,6 @@
 """The quality report of a job and the conversion of backing vocals, through the real handlers.
 
-A generated parallel pair (streams.demo_audio.parallel_pair): a soprano line in one espeak voice,
+A generated parallel pair (frontends.demo_audio.parallel_pair): a soprano line in one espeak voice,
 and recordings of another voice an octave lower as the dataset the job names. The converter
 learns nothing here (the profile is learned as the trainer would), converts lead and backing
 vocals, measures the conversion and hands ``quality`` on; the mixer copies it into
@@ -19,6 +19,7 @@ from agents.mixer.agent import handle as mix_handle
 from agents.trainer.profile import learn_profile
 from agents.voice import quality
 from agents.voice.audio import load_audio
+from frontends.demo_audio import accompaniment, parallel_pair, sung_vocal, write
 from schemas.events import (
     ConversionOptions,
     ConversionQuality,
@@ -28,7 +29,6 @@ from schemas.events import (
     VoiceOptions,
     VoiceTrained,
 )
-from streams.demo_audio import accompaniment, parallel_pair, sung_vocal, write
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore

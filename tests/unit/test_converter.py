@@ -25,13 +25,13 @@ from agents.converter.pipeline import (
     protect_unvoiced,
     upsample_features,
 )
-from agents.converter.segments import quiet_cut_points, spans
 from agents.voice.checkpoint import VoiceModel, load_voice_model, save_inference_model
 from agents.voice.configs import get_config
 from agents.voice.f0 import coarse_f0, get_f0_extractor, median_filter_f0
+from agents.voice.segments import quiet_cut_points, spans
 from agents.voice.synthesizer import build_synthesizer
+from frontends.demo_audio import sung_vocal, write
 from schemas.events import ConversionOptions
-from streams.demo_audio import sung_vocal, write
 
 SR16 = 16000
 SMALL_PIECES = Windows(pad_s=0.4, query_s=0.2, center_s=0.8, max_s=1.0)

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from streams.demo import pull_voice_models
+from frontends.demo import pull_voice_models
 from streams.models.manager import RVC_ESSENTIALS, pull_models, select
 from streams.settings import Settings
 from tests.modelserver import model_server

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from streams.cli import app
+from frontends.cli import app
 from streams.settings import get_settings
 from tests.conftest import logging_kept
 

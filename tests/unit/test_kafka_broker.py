@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams import kafka_broker
-from streams.stack import StackConfig, StackError, broker_info, start_broker
+from frontends import kafka_broker
+from frontends.stack import StackConfig, StackError, broker_info, start_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = {"m": "http://maven.apache.org/POM/4.0.0"}

@@ -47,7 +47,7 @@ def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    from streams.cli import settings_markdown
+    from frontends.cli import settings_markdown
 
     table = settings_markdown()
     for name in Settings.model_fields:

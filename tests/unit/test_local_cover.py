@@ -4,15 +4,18 @@ converter (tiny sizes, a tiny 768-d content encoder written by the test)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
+from frontends.demo import make_demo_inputs
+from frontends.local import run_cover
 from schemas.events import JobOptions
-from streams.demo import make_demo_inputs
 from streams.keys import job_event_key
-from streams.local import run_cover
 from streams.settings import Settings
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
 
@@ -47,3 +50,29 @@ def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noq
     assert state["backend"] == "rvc"
     converted = Path(tmp_path / "store" / (ready.keys.converted_vocals or ""))
     assert sf.info(str(converted)).duration == pytest.approx(3.0, abs=0.05)
+
+
+def test_the_one_process_cover_imports_no_faust() -> None:
+    """`singtome cover` runs without a broker: neither it nor any stage it calls imports Faust or
+    the Kafka worker (checked in a fresh interpreter: this one has them loaded by other tests)."""
+    code = "\n".join(
+        [
+            "import sys",
+            "import frontends.batch, frontends.cli, frontends.local",
+            "import agents.mixer.report",
+            "from agents.registry import STAGES",
+            "handlers = [stage.load() for stage in STAGES]",
+            "leaked = sorted(m for m in sys.modules",
+            "                if m.split('.')[0] == 'faust' or m == 'streams.worker')",
+            "print(len(handlers), leaked)",
+            "sys.exit(1 if leaked else 0)",
+        ]
+    )
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[0] == "4"

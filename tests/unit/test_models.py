@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from frontends.cli import app
 from streams.models.fetch import (
     NET_CHUNK,
     PARTIAL_DIR,

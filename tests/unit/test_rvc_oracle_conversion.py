@@ -33,8 +33,8 @@ from agents.voice.f0 import get_f0_extractor
 from agents.voice.index import build_index, load_index, save_index
 from agents.voice.inference import prepare_for_inference
 from agents.voice.synthesizer import build_synthesizer
+from frontends.demo_audio import sung_vocal
 from schemas.events import ConversionOptions
-from streams.demo_audio import sung_vocal
 from streams.settings import Settings
 from tests.rvc_reference import (
     ReferenceContentModel,

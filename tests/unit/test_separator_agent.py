@@ -13,6 +13,7 @@ from agents.separator import agent
 from agents.separator.backends.spleeter import SpleeterBackend
 from agents.separator.cli import separate_command
 from agents.separator.stage import SeparationParams
+from frontends import demo_audio as synth
 from schemas.events import (
     JobOptions,
     ObjectKeys,
@@ -21,7 +22,6 @@ from schemas.events import (
     VocalsSeparated,
     VoiceOptions,
 )
-from streams import demo_audio as synth
 from streams.errors import StageError
 from streams.keys import stem_key
 from streams.settings import Settings

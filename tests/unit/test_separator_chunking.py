@@ -12,7 +12,7 @@ import soundfile as sf
 from agents.separator.backends import Stems
 from agents.separator.chunking import FlacStemWriter, WavReader, plan_chunks, run_chunked
 from agents.separator.stage import separate_stream
-from streams import demo_audio as synth
+from frontends import demo_audio as synth
 from streams.settings import Settings
 
 

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from agents.separator import decode as decode_module
 from agents.separator.decode import decode, loudest_window_dbfs
-from streams import demo_audio as synth
+from frontends import demo_audio as synth
 from streams.errors import StageError
 from streams.settings import Settings
 

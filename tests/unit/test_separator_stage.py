@@ -23,7 +23,7 @@ from agents.separator.stage import (
     separate,
     song_roles,
 )
-from streams import demo_audio as synth
+from frontends import demo_audio as synth
 from streams.errors import StageError
 from streams.settings import Settings
 

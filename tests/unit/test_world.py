@@ -22,7 +22,7 @@ from agents.voice.world import (
     key_shift_semitones,
     plan_world,
 )
-from streams.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
+from frontends.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
 from streams.errors import StageError
 
 SR = 44100

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from streams.device import STAGES_ON_DEVICE
+from agents.registry import BY_NAME as STAGE_REGISTRY
 from streams.settings import Settings
-from streams.topics import STAGES
 
 Status = Literal["ok", "warn", "fail"]
 VOICE_STAGES = frozenset({"trainer", "converter"})
@@ -40,8 +39,8 @@ class Check:
 def run_checks(
     settings: Settings, stages: Iterable[str] | None = None, verify: bool = True
 ) -> list[Check]:
-    wanted = set(stages or STAGES)
-    unknown = wanted - set(STAGES)
+    wanted = set(stages or STAGE_REGISTRY)
+    unknown = wanted - set(STAGE_REGISTRY)
     if unknown:
         return [Check("stages", "fail", f"unknown stage(s): {', '.join(sorted(unknown))}")]
     checks: list[Check] = []
@@ -73,7 +72,7 @@ def torch_checks(settings: Settings, stages: set[str]) -> list[Check]:
                 f"{gpu['name']}, {gpu['memory_gb']:.1f} GB",
             )
         )
-    uses_device = bool(stages & STAGES_ON_DEVICE)
+    uses_device = any(STAGE_REGISTRY[stage].uses_device for stage in stages)
     if report.error:
         status: Status = "fail" if uses_device else "warn"
         checks.append(Check("device", status, report.error))

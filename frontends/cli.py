@@ -14,8 +14,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from agents.registry import STAGE_NAMES
+from frontends.cli_models import doctor, models_app
 from schemas.events import TrackReady
-from streams.cli_models import doctor, models_app
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -33,12 +34,11 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
 app.command("doctor")(doctor)
 
-STAGE_NAMES = ("separator", "trainer", "converter", "mixer")
 LOCAL_STORE = CACHE_HOME / "local-store"
 
 
 def _stack_config(settings: Settings) -> Any:
-    from streams.stack import StackConfig
+    from frontends.stack import StackConfig
 
     return StackConfig(
         root=settings.stack_dir,
@@ -71,13 +71,26 @@ def worker(
     ] = None,
 ) -> None:
     """Run one stage worker: consume its topic until SIGTERM. Start more to scale."""
-    if stage not in STAGE_NAMES:
-        _fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+    from agents import registry
+
+    try:
+        declaration = registry.stage(stage)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
     from streams.device import DeviceUnavailable
     from streams.worker import run_worker
 
     try:
-        run_worker(stage, get_settings(), handler_spec=handler, group=group)
+        # The runtime imports the handler (the stage's own, or the override) once it has chosen
+        # the device and created the topics.
+        run_worker(
+            stage,
+            get_settings(),
+            handler or declaration.handler,
+            group=group,
+            uses_device=declaration.uses_device,
+        )
     except DeviceUnavailable as exc:
         _fail(str(exc))
 
@@ -104,8 +117,8 @@ def stack_up(
     """Start the local broker and S3 server, create the bucket and every topic."""
     from dataclasses import replace
 
+    from frontends.stack import StackError, up
     from streams.logging import configure_logging
-    from streams.stack import StackError, up
 
     settings = get_settings()
     configure_logging(settings.log_level, "console")
@@ -125,7 +138,7 @@ def stack_up(
 def _echo_env(cfg: Any) -> None:
     from dataclasses import replace
 
-    from streams.stack import broker_info
+    from frontends.stack import broker_info
 
     info = broker_info(cfg)
     typer.echo(f"# broker: {info['name']}")
@@ -136,7 +149,7 @@ def _echo_env(cfg: Any) -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started (by PID)."""
-    from streams.stack import down
+    from frontends.stack import down
 
     down(_stack_config(get_settings()))
     typer.echo("stack stopped")
@@ -145,7 +158,7 @@ def stack_down() -> None:
 @stack_app.command("status")
 def stack_status() -> None:
     """Show whether the broker and S3 server are running."""
-    from streams.stack import status
+    from frontends.stack import status
 
     typer.echo(json.dumps(status(_stack_config(get_settings())), indent=2))
 
@@ -270,7 +283,7 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
     """Upload each song and the voice, publish song.uploaded; with --wait, follow every job."""
-    from streams.batch import expand_songs
+    from frontends.batch import expand_songs
     from streams.client import submit_job
     from streams.store import S3Store
 
@@ -314,7 +327,7 @@ def submit(
 
 def _follow_jobs(store: Any, songs: list[Path], job_ids: list[str], timeout: float) -> None:
     """A progress bar per job until all have ended, then a summary table; exit 1 on a failure."""
-    from streams.batch import job_fraction, wait_for_jobs
+    from frontends.batch import job_fraction, wait_for_jobs
 
     labels = {
         job: f"{i + 1}. {song.name}"[:40]
@@ -645,8 +658,8 @@ def cover(
     or loaded once."""
     import shutil
 
-    from streams.batch import expand_songs
-    from streams.local import run_cover
+    from frontends.batch import expand_songs
+    from frontends.local import run_cover
 
     settings = get_settings()
     options = _options(
@@ -709,7 +722,7 @@ def _cover_batch(
     report: Path | None,
 ) -> None:
     """One progress bar per song, then a summary table; exit 2 when a song failed."""
-    from streams.batch import run_covers
+    from frontends.batch import run_covers
 
     if not songs:
         _fail("no songs: the folder(s) hold no audio files")
@@ -822,8 +835,8 @@ def demo(
     ] = None,
 ) -> None:
     """A real cover end to end: local broker + S3, one worker per stage, a generated song."""
-    from streams.cli_models import download_bars
-    from streams.demo import run_demo
+    from frontends.cli_models import download_bars
+    from frontends.demo import run_demo
     from streams.logging import configure_logging
 
     settings = get_settings()

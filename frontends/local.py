@@ -1,8 +1,9 @@
 """The whole pipeline in one process, without a broker: `singtome cover`.
 
-The same stage handlers the workers run are called one after the other, on a local folder used as
-the object store, so a musician with one laptop gets the same cover (and the same cache: a second
-cover with the same voice reuses the trained voice; the same song reuses its stems).
+The same stage handlers the workers run (the stage registry's, in pipeline order) are called one
+after the other, on a local folder used as the object store, so a musician with one laptop gets the
+same cover (and the same cache: a second cover with the same voice reuses the trained voice; the
+same song reuses its stems). Nothing here imports Faust or the Kafka worker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from agents.registry import STAGES
 from schemas.events import Event, JobOptions, StageRecord, TrackReady
 from streams.client import upload_job
 from streams.keypolicy import KeyPolicy
@@ -19,8 +21,6 @@ from streams.keys import job_event_key
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore, put_json
-from streams.topics import STAGES
-from streams.worker import load_handler
 
 StageProgress = Callable[[str, float, str], None]
 
@@ -62,9 +62,10 @@ def run_cover(
     options = event.options
     job_id = event.job_id
     policy = KeyPolicy(settings)  # the same key policy as the workers'
-    for name in STAGES:
+    for declaration in STAGES:
+        name = declaration.name
         policy.check_event(event)
-        handler = load_handler(name)
+        handler = declaration.load()
         workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{name}-"))
         ctx = StageContext(
             stage=name,

@@ -1,13 +1,13 @@
 """Apache Kafka for the local stack: one JVM in KRaft combined mode (broker + controller, no
 ZooKeeper), run from the official jars on Maven Central.
 
-- :func:`install` (scripts/setup.sh runs ``python -m streams.kafka_broker install``) has Maven copy
-  the runtime jars named in ``scripts/kafka/pom.xml`` into ``<kafka_dir>/<version>/libs``, outside
-  the clone like the virtual environment, and records a class-data-sharing archive of one broker
-  start beside them (it halves the JVM's start time on two shared cores). Idempotent.
+- :func:`install` (scripts/setup.sh runs ``python -m frontends.kafka_broker install``) has Maven
+  copy the runtime jars named in ``scripts/kafka/pom.xml`` into ``<kafka_dir>/<version>/libs``,
+  outside the clone like the virtual environment, and records a class-data-sharing archive of one
+  broker start beside them (it halves the JVM's start time on two shared cores). Idempotent.
 - :func:`start` formats the log folder under the stack's data dir once (so topics, offsets and
   consumer groups survive restarts), writes the broker's configuration and waits until its admin
-  API answers. The stack module (streams/stack.py) picks this or tansu by ``StackConfig.broker``.
+  API answers. The stack module (frontends/stack.py) picks this or tansu by ``StackConfig.broker``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from streams.logging import get_logger
 from streams.ports import free_port
 
 if TYPE_CHECKING:
-    from streams.stack import StackConfig
+    from frontends.stack import StackConfig
 
 log = get_logger(__name__)
 
@@ -263,7 +263,7 @@ def _prepare(inst: Installation, root: Path, port: int, controller_port: int) ->
     if not inst.installed:
         raise KafkaError(
             f"Apache Kafka {inst.version} is not installed in {inst.home}: run scripts/setup.sh "
-            f"(or {sys.executable} -m streams.kafka_broker install)"
+            f"(or {sys.executable} -m frontends.kafka_broker install)"
         )
     props = _write_config(root, port, controller_port)
     if (root / "data" / "meta.properties").exists():
@@ -349,7 +349,7 @@ def start(cfg: StackConfig, kafka_dir: Path, wait: bool = True) -> None:
     """Start the stack's broker unless it runs, then (``wait``) wait until its admin API answers.
 
     ``wait=False`` only launches it, so the stack can start S3 meanwhile; a later call waits."""
-    from streams.stack import StackError, _pidfile, _port_open, _read_pid, _spawn
+    from frontends.stack import StackError, _pidfile, _port_open, _read_pid, _spawn
 
     inst = installation(kafka_dir)
     pid = _read_pid(cfg, "broker")
@@ -389,7 +389,7 @@ def main(argv: list[str]) -> int:
         inst = install(get_settings().kafka_dir)
         sys.stdout.write(json.dumps({**inst.describe(), "home": str(inst.home)}) + "\n")
         return 0
-    sys.stderr.write("usage: python -m streams.kafka_broker install\n")
+    sys.stderr.write("usage: python -m frontends.kafka_broker install\n")
     return 2
 
 

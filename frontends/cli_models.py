@@ -1,5 +1,5 @@
 """`singtome models ...` and `singtome doctor`: the front end of :mod:`streams.models` and
-:mod:`streams.doctor` (commands only parse, call and print)."""
+:mod:`frontends.doctor` (commands only parse, call and print)."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def doctor(
     ] = True,
 ) -> None:
     """Check this machine: torch and device, ffmpeg, models, broker, S3, topics, disk."""
-    from streams.doctor import run_checks
+    from frontends.doctor import run_checks
     from streams.logging import configure_logging
 
     configure_logging("ERROR", "console")
