@@ -682,26 +682,91 @@ def _aperiodicity(
 # (RETRIEVAL_RATE; 1: all the way) toward the mean of its nearest shapes among the voice's own
 # frames (a codebook learned from the dataset), below RETRIEVAL_TOP_HZ: what one average filter
 # cannot give, the voice's own vowel shapes (as RVC's index does with content features).
+#
+# The search is pitch-aware. A high note's envelope is seen only at its harmonics (700 Hz apart
+# for a soprano's A5), so the analysis blurs the formants the dataset's lower notes show sharp;
+# compared as they are, a blurred source frame finds the wrong vowels. Each frame is compared
+# with the codebook as it would look analysed at that frame's pitch (`degraded_shapes`:
+# sampled at the harmonics, interpolated between them, smoothed over 2/3 of f0 in power, as
+# CheapTrick does), and takes the sharp shapes of the entries it matches. The retrieved shapes
+# are then smoothed over RETRIEVAL_SMOOTH_FRAMES voiced frames (25 ms), so the envelope does
+# not jump between neighbours from frame to frame. bench/quality.py --pairs 3, speaker
+# similarity per pair:
+# 0.877 / 0.857 / 0.890 comparing blurred with sharp shapes (96-entry codebook), 0.899 / 0.882 /
+# 0.906 pitch-aware, 0.903 / 0.900 / 0.912 smoothed too.
 RETRIEVAL_RATE = 1.0
 RETRIEVAL_NEIGHBOURS = 4
 RETRIEVAL_TOP_HZ = 7000.0
+RETRIEVAL_SMOOTH_FRAMES = 5
+# Pitch classes of the degraded codebook: one per semitone of the frames' pitch (after the warp).
+RETRIEVAL_PITCH_STEP = 1.0
+_DEGRADE_TOP_HZ = 8500.0
+_DEGRADE_STEP_HZ = 5.0
+_DEGRADE_HZ = np.arange(0.0, _DEGRADE_TOP_HZ + _DEGRADE_STEP_HZ / 2, _DEGRADE_STEP_HZ)
+
+
+def _interp_matrix(x_new: np.ndarray, x_old: np.ndarray) -> np.ndarray:
+    """``M`` with ``M @ y == np.interp(x_new, x_old, y)`` for any ``y`` on ``x_old``."""
+    return np.stack([np.interp(x_new, x_old, column) for column in np.eye(len(x_old))], axis=1)
+
+
+def degraded_shapes(shapes: np.ndarray, f0_hz: float) -> np.ndarray:
+    """Envelope shapes (dB on SHAPE_HZ) as a CheapTrick analysis at ``f0_hz`` would see them:
+    sampled at the harmonics, linear in dB between them, smoothed over ``2 f0 / 3`` in power."""
+    from scipy.ndimage import uniform_filter1d
+
+    harmonics = np.arange(1, int(_DEGRADE_TOP_HZ / f0_hz) + 2) * f0_hz
+    sampled = _interp_matrix(_DEGRADE_HZ, harmonics) @ _interp_matrix(harmonics, SHAPE_HZ)
+    power = 10.0 ** ((np.asarray(shapes, dtype=np.float64) @ sampled.T) / 10.0)
+    width = max(1, int(2.0 * f0_hz / 3.0 / _DEGRADE_STEP_HZ))
+    smooth = uniform_filter1d(power, width, axis=1, mode="nearest")
+    return 10.0 * np.log10(np.maximum(smooth, 1e-30)) @ _interp_matrix(SHAPE_HZ, _DEGRADE_HZ).T
+
+
+def _retrieve(shapes: np.ndarray, pitch_hz: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """For each query shape, the inverse-distance mean of the RETRIEVAL_NEIGHBOURS codebook
+    entries nearest to it once degraded to the query's pitch class."""
+    from scipy.ndimage import uniform_filter1d
+
+    step = RETRIEVAL_PITCH_STEP
+    classes = np.round(12.0 * np.log2(pitch_hz / 440.0) / step).astype(int)
+    k = min(RETRIEVAL_NEIGHBOURS, len(codebook))
+    retrieved = np.empty_like(shapes)
+    for pitch_class in np.unique(classes):
+        rows = classes == pitch_class
+        degraded = degraded_shapes(codebook, 440.0 * 2.0 ** (pitch_class * step / 12.0))
+        query = shapes[rows]
+        distance = (
+            np.square(query).sum(axis=1)[:, None]
+            + np.square(degraded).sum(axis=1)[None, :]
+            - 2.0 * query @ degraded.T
+        )
+        nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]
+        weight = 1.0 / np.maximum(np.take_along_axis(distance, nearest, axis=1), 1e-6)
+        weight /= weight.sum(axis=1, keepdims=True)
+        retrieved[rows] = np.einsum("fk,fkd->fd", weight, codebook[nearest])
+    if RETRIEVAL_SMOOTH_FRAMES > 1:
+        retrieved = uniform_filter1d(retrieved, RETRIEVAL_SMOOTH_FRAMES, axis=0, mode="nearest")
+    return retrieved
 
 
 def _apply_retrieval(
-    mapped: np.ndarray, f0: np.ndarray, sr: int, codebook: np.ndarray | None
+    mapped: np.ndarray,
+    f0: np.ndarray,
+    sr: int,
+    codebook: np.ndarray | None,
+    warp: float = 1.0,
 ) -> np.ndarray:
+    """``mapped`` envelopes with their voiced frames' shapes retrieved from ``codebook``;
+    ``f0`` is the analysed (source) pitch, and ``warp`` the envelope map's, which spaces the
+    harmonics ``f0 * warp`` apart in the mapped envelopes."""
     if codebook is None or len(codebook) == 0 or RETRIEVAL_RATE <= 0:
         return mapped
     voiced = f0 > 0
     if not voiced.any():
         return mapped
     shapes, _, bins_hz = shape_vectors(mapped[voiced], sr)
-    distance = ((shapes[:, None, :] - codebook[None, :, :]) ** 2).sum(axis=2)
-    k = min(RETRIEVAL_NEIGHBOURS, len(codebook))
-    nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]
-    weight = 1.0 / np.maximum(np.take_along_axis(distance, nearest, axis=1), 1e-6)
-    weight /= weight.sum(axis=1, keepdims=True)
-    retrieved = np.einsum("fk,fkd->fd", weight, codebook[nearest])
+    retrieved = _retrieve(shapes, f0[voiced] * warp, codebook)
     change_db = (retrieved - shapes) * RETRIEVAL_RATE
     fade = np.clip((RETRIEVAL_TOP_HZ - bins_hz) / 1000.0, 0.0, 1.0)
     change = np.stack([np.interp(bins_hz, SHAPE_HZ, row) for row in change_db]) * fade
@@ -826,7 +891,9 @@ def convert_world_with_report(
         envelope = pyworld.cheaptrick(segment, segment_f0, times, sr)
         aperiodicity = _aperiodicity(segment, segment_f0, times, sr, envelope.shape[1])
         mapped = mapping.apply(envelope, sr)
-        mapped = np.ascontiguousarray(_apply_retrieval(mapped, segment_f0, sr, profile.codebook))
+        mapped = np.ascontiguousarray(
+            _apply_retrieval(mapped, segment_f0, sr, profile.codebook, mapping.warp)
+        )
         voice = pyworld.synthesize(segment_f0 * ratio, mapped, aperiodicity, sr, FRAME_PERIOD_MS)
         voice = _fit_frames(np.asarray(voice), high - low)
         out[start:end] = voice[start - low : end - low]

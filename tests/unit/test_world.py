@@ -199,6 +199,27 @@ def test_envelope_map_recovers_a_formant_warp() -> None:
     np.testing.assert_allclose(EnvelopeMap.identity().apply(frames, sr), frames, rtol=1e-6)
 
 
+def test_codebook_search_compares_shapes_at_the_frames_pitch() -> None:
+    """A high note blurs its envelope: the search compares it with the codebook blurred at the
+    same pitch, and hands back the sharp entry it came from, not a blurred look-alike."""
+    vowel = sum(
+        15.0 * np.exp(-0.5 * ((world.SHAPE_HZ - f) / 90.0) ** 2) for f in (500.0, 1500.0, 2600.0)
+    )
+    blurred = world.degraded_shapes(vowel[None, :], 880.0)[0]
+    # Blurring flattens the formant peaks, and leaves a flat shape flat.
+    assert np.ptp(blurred) < 0.8 * np.ptp(vowel)
+    flat = world.degraded_shapes(np.zeros((1, len(world.SHAPE_HZ))), 880.0)
+    np.testing.assert_allclose(flat, 0.0, atol=1e-9)
+    # The dataset holds the sharp vowel and a blurred one (another vowel, say).
+    codebook = np.stack([vowel, blurred + 0.5])
+    frames = np.tile(blurred, (6, 1))
+    pitch = np.full(len(frames), 880.0)  # A5, on a pitch class
+    plain = np.argmin(((frames[:1, None, :] - codebook[None]) ** 2).sum(axis=2))
+    assert plain == 1  # compared as they are, the blurred frame takes the blurred entry
+    retrieved = world._retrieve(frames, pitch, codebook)
+    np.testing.assert_allclose(retrieved, np.tile(vowel, (6, 1)), atol=0.05)
+
+
 def test_analysis_in_pieces_matches_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     audio, _ = sung_vocal(5.0, SR, seed=2)
     whole = analyse_f0_and_envelope(audio, SR, EnvelopeStats())
