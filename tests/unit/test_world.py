@@ -96,6 +96,11 @@ def test_profile_round_trip(target_profile: VoiceProfile, tmp_path: Path) -> Non
     np.testing.assert_allclose(loaded.spectrum_db, target_profile.spectrum_db)
     assert target_profile.codebook is not None and len(target_profile.codebook) > 10
     np.testing.assert_allclose(loaded.codebook, target_profile.codebook)
+    # And the voice's mean aperiodicity, measured up to 8 kHz (D4C runs at 16 kHz).
+    assert target_profile.aperiodicity_frames is not None
+    assert target_profile.aperiodicity_frames[GRID_HZ < 7800].min() > 0
+    assert target_profile.aperiodicity_frames[GRID_HZ > 8000].max() == 0
+    np.testing.assert_allclose(loaded.aperiodicity_db, target_profile.aperiodicity_db)
 
 
 def test_profile_refuses_pickles_and_other_files(tmp_path: Path) -> None:
@@ -218,6 +223,27 @@ def test_codebook_search_compares_shapes_at_the_frames_pitch() -> None:
     assert plain == 1  # compared as they are, the blurred frame takes the blurred entry
     retrieved = world._retrieve(frames, pitch, codebook)
     np.testing.assert_allclose(retrieved, np.tile(vowel, (6, 1)), atol=0.05)
+
+
+def test_aperiodicity_moves_onto_the_voices_average() -> None:
+    source = replace(
+        _profile(5.0),
+        aperiodicity_db=np.where(GRID_HZ < 4000, -20.0, -5.0),
+        aperiodicity_frames=np.where(GRID_HZ <= 8000, 100.0, 0.0),
+    )
+    target = replace(source, aperiodicity_db=np.where(GRID_HZ < 4000, -26.0, -5.0))
+    gain = world.aperiodicity_gain_db(source, target)
+    assert gain[GRID_HZ < 3000] == pytest.approx(-6.0)
+    assert gain[GRID_HZ > 5000] == pytest.approx(0.0)
+    # Voiced frames only, and never above fully aperiodic.
+    sr, f0 = 16000, np.array([0.0, 300.0])
+    aperiodicity = np.full((2, 513), 0.9)
+    mapped = world._map_aperiodicity(aperiodicity, f0, sr, -gain)
+    bins_hz = np.arange(513) * sr / 1024
+    np.testing.assert_allclose(mapped[0], 0.9)
+    assert mapped[1][bins_hz < 3000] == pytest.approx(1.0)
+    # A profile without aperiodicity (learned before it was kept) changes nothing.
+    assert not np.any(world.aperiodicity_gain_db(source, _profile(5.0)))
 
 
 def test_analysis_in_pieces_matches_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
