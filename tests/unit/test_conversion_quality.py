@@ -176,8 +176,9 @@ def test_without_the_option_the_backing_vocals_stay_as_separated(
 def test_the_fallback_meets_its_figures_on_the_pair(job: dict[str, Any]) -> None:
     """The issue's figures for the WORLD fallback on a generated pair (bench/quality.py gives
     them on longer ones): the true octave, < 25 cents from the target's melody, >= 90 % of the
-    sung frames voiced, the 8-12 kHz band within 10 dB of the target voice's, and clearly
-    nearer the voice than the source was (the issue's 0.90 is not reached: see README)."""
+    sung frames voiced, the 8-12 kHz band within 10 dB of the target voice's, and near the
+    voice: speaker similarity measured 0.898 on this short pair (the source: 0.691), held to
+    0.87 here; bench/quality.py --pairs 3 gives 0.915-0.924 on longer ones (see README)."""
     from bench.quality import HIGH_BAND_HZ, _truth_on_10ms
 
     store, root, pair = job["store"], job["root"], job["pair"]
@@ -194,4 +195,4 @@ def test_the_fallback_meets_its_figures_on_the_pair(job: dict[str, Any]) -> None
     )
     assert abs(band) <= 10.0
     report = job["converted"].quality
-    assert report.speaker_similarity >= 0.75 and report.source_similarity < 0.75
+    assert report.speaker_similarity >= 0.87 and report.source_similarity < 0.75

@@ -96,6 +96,11 @@ def test_profile_round_trip(target_profile: VoiceProfile, tmp_path: Path) -> Non
     np.testing.assert_allclose(loaded.spectrum_db, target_profile.spectrum_db)
     assert target_profile.codebook is not None and len(target_profile.codebook) > 10
     np.testing.assert_allclose(loaded.codebook, target_profile.codebook)
+    # And the voice's mean aperiodicity, measured up to 8 kHz (D4C runs at 16 kHz).
+    assert target_profile.aperiodicity_frames is not None
+    assert target_profile.aperiodicity_frames[GRID_HZ < 7800].min() > 0
+    assert target_profile.aperiodicity_frames[GRID_HZ > 8000].max() == 0
+    np.testing.assert_allclose(loaded.aperiodicity_db, target_profile.aperiodicity_db)
 
 
 def test_profile_refuses_pickles_and_other_files(tmp_path: Path) -> None:
@@ -197,6 +202,48 @@ def test_envelope_map_recovers_a_formant_warp() -> None:
     assert error_after < 0.3 * error_before
     # Identity map leaves frames alone.
     np.testing.assert_allclose(EnvelopeMap.identity().apply(frames, sr), frames, rtol=1e-6)
+
+
+def test_codebook_search_compares_shapes_at_the_frames_pitch() -> None:
+    """A high note blurs its envelope: the search compares it with the codebook blurred at the
+    same pitch, and hands back the sharp entry it came from, not a blurred look-alike."""
+    vowel = sum(
+        15.0 * np.exp(-0.5 * ((world.SHAPE_HZ - f) / 90.0) ** 2) for f in (500.0, 1500.0, 2600.0)
+    )
+    blurred = world.degraded_shapes(vowel[None, :], 880.0)[0]
+    # Blurring flattens the formant peaks, and leaves a flat shape flat.
+    assert np.ptp(blurred) < 0.8 * np.ptp(vowel)
+    flat = world.degraded_shapes(np.zeros((1, len(world.SHAPE_HZ))), 880.0)
+    np.testing.assert_allclose(flat, 0.0, atol=1e-9)
+    # The dataset holds the sharp vowel and a blurred one (another vowel, say).
+    codebook = np.stack([vowel, blurred + 0.5])
+    frames = np.tile(blurred, (6, 1))
+    pitch = np.full(len(frames), 880.0)  # A5, on a pitch class
+    plain = np.argmin(((frames[:1, None, :] - codebook[None]) ** 2).sum(axis=2))
+    assert plain == 1  # compared as they are, the blurred frame takes the blurred entry
+    retrieved = world._retrieve(frames, pitch, codebook)
+    np.testing.assert_allclose(retrieved, np.tile(vowel, (6, 1)), atol=0.05)
+
+
+def test_aperiodicity_moves_onto_the_voices_average() -> None:
+    source = replace(
+        _profile(5.0),
+        aperiodicity_db=np.where(GRID_HZ < 4000, -20.0, -5.0),
+        aperiodicity_frames=np.where(GRID_HZ <= 8000, 100.0, 0.0),
+    )
+    target = replace(source, aperiodicity_db=np.where(GRID_HZ < 4000, -26.0, -5.0))
+    gain = world.aperiodicity_gain_db(source, target)
+    assert gain[GRID_HZ < 3000] == pytest.approx(-6.0)
+    assert gain[GRID_HZ > 5000] == pytest.approx(0.0)
+    # Voiced frames only, and never above fully aperiodic.
+    sr, f0 = 16000, np.array([0.0, 300.0])
+    aperiodicity = np.full((2, 513), 0.9)
+    mapped = world._map_aperiodicity(aperiodicity, f0, sr, -gain)
+    bins_hz = np.arange(513) * sr / 1024
+    np.testing.assert_allclose(mapped[0], 0.9)
+    assert mapped[1][bins_hz < 3000] == pytest.approx(1.0)
+    # A profile without aperiodicity (learned before it was kept) changes nothing.
+    assert not np.any(world.aperiodicity_gain_db(source, _profile(5.0)))
 
 
 def test_analysis_in_pieces_matches_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
