@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,24 @@ def _no_progress(fraction: float, message: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # The profile
 # --------------------------------------------------------------------------------------------------
+
+
+def _grid_pair(
+    arrays: Any, name: str, path: Path | str, what: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``<name>_db`` and ``<name>_frames`` of a stored profile: both absent (an older profile) or
+    both present, on the frequency grid and finite."""
+    values, frames = arrays.get(f"{name}_db"), arrays.get(f"{name}_frames")
+    if (values is None) != (frames is None) or (
+        values is not None
+        and (
+            values.shape != GRID_HZ.shape
+            or frames.shape != GRID_HZ.shape
+            or not np.all(np.isfinite(values))
+        )
+    ):
+        raise StageError("invalid_model", f"{Path(path).name}: malformed {what}")
+    return values, frames
 
 
 @dataclass(frozen=True)
@@ -212,26 +231,8 @@ class VoiceProfile:
             histogram.shape != (HISTOGRAM_BINS,) or not np.all(np.isfinite(histogram))
         ):
             raise StageError("invalid_model", f"{Path(path).name}: malformed pitch histogram")
-        spectrum, spectrum_frames = arrays.get("spectrum_db"), arrays.get("spectrum_frames")
-        if (spectrum is None) != (spectrum_frames is None) or (
-            spectrum is not None
-            and (
-                spectrum.shape != GRID_HZ.shape
-                or spectrum_frames.shape != GRID_HZ.shape
-                or not np.all(np.isfinite(spectrum))
-            )
-        ):
-            raise StageError("invalid_model", f"{Path(path).name}: malformed voice spectrum")
-        aperiodicity, ap_frames = arrays.get("aperiodicity_db"), arrays.get("aperiodicity_frames")
-        if (aperiodicity is None) != (ap_frames is None) or (
-            aperiodicity is not None
-            and (
-                aperiodicity.shape != GRID_HZ.shape
-                or ap_frames.shape != GRID_HZ.shape
-                or not np.all(np.isfinite(aperiodicity))
-            )
-        ):
-            raise StageError("invalid_model", f"{Path(path).name}: malformed aperiodicity")
+        spectrum, spectrum_frames = _grid_pair(arrays, "spectrum", path, "voice spectrum")
+        aperiodicity, ap_frames = _grid_pair(arrays, "aperiodicity", path, "aperiodicity")
         return cls(
             log_f0_mean=float(log_f0[0]),
             log_f0_std=float(log_f0[1]),
