@@ -317,3 +317,31 @@ def test_long_vocals_are_converted_in_pieces(
 
     singing = loud(vocals) > 0.05
     assert np.all(loud(converted)[singing] > 0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "what"),
+    [
+        ("spectrum", "drop_frames", "voice spectrum"),
+        ("aperiodicity", "drop_frames", "aperiodicity"),
+        ("aperiodicity", "nan", "aperiodicity"),
+        ("spectrum", "short", "voice spectrum"),
+    ],
+)
+def test_a_profile_with_a_broken_optional_array_is_refused(
+    target_profile: VoiceProfile, tmp_path: Path, name: str, change: str, what: str
+) -> None:
+    path = target_profile.save(tmp_path / "profile.npz")
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    if change == "drop_frames":
+        del arrays[f"{name}_frames"]
+    elif change == "nan":
+        arrays[f"{name}_db"] = np.full_like(arrays[f"{name}_db"], np.nan)
+    else:
+        arrays[f"{name}_db"] = arrays[f"{name}_db"][:-1]
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, **arrays)
+    with pytest.raises(StageError, match=f"malformed {what}") as caught:
+        VoiceProfile.load(broken)
+    assert caught.value.code == "invalid_model"
