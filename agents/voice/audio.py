@@ -150,10 +150,9 @@ def highpass_48hz(audio: np.ndarray, sr: int, *, zero_phase: bool = False) -> np
     if not zero_phase or x.shape[0] <= 3 * max(len(a), len(b)):
         return signal.lfilter(b, a, np.asarray(x, dtype=np.float64)).astype(np.float32)
     # Long audio in pieces, each filtered forwards and backwards with a second of real signal on
-    # both sides: the filter's response decays by e^-300 over that second at 16 kHz (its poles
-    # lie within 1 - 2*pi*48/sr of the unit circle), so each piece's core equals what one pass
-    # over the whole gives (within 1e-6 of full scale at 16 kHz), without float64 copies of the
-    # whole song.
+    # both sides: the filter's slowest pole (2*pi*48*sin(pi/10) rad/s) decays by about e^-90 over
+    # that second, so each piece's core equals what one pass over the whole gives (within 1e-6 of
+    # full scale at 16 kHz), without float64 copies of the whole song.
     chunk, context = HIGHPASS_CHUNK, int(sr)
     if x.shape[0] <= chunk + 2 * context:
         return signal.filtfilt(b, a, np.asarray(x, dtype=np.float64)).astype(np.float32)
