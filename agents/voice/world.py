@@ -277,11 +277,16 @@ CODEBOOK_SIZE = 1024
 CODEBOOK_MAX_FRAMES = 40_000
 
 
+def bin_hz(bins: int, sr: int) -> np.ndarray:
+    """The frequency of each of the ``bins`` bins of a WORLD spectrum (envelope, aperiodicity) at
+    ``sr``: an FFT of ``(bins - 1) * 2`` points."""
+    return np.arange(bins) * sr / ((bins - 1) * 2)
+
+
 def shape_vectors(envelope: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(shapes (frames, len(SHAPE_HZ)) dB, levels dB, bin frequencies)`` of CheapTrick
     envelopes at ``sr``."""
-    fft_size = (envelope.shape[1] - 1) * 2
-    bins_hz = np.arange(envelope.shape[1]) * sr / fft_size
+    bins_hz = bin_hz(envelope.shape[1], sr)
     decibels = 10.0 * np.log10(envelope + 1e-16)
     level = decibels[:, _band(bins_hz, LEVEL_BAND_HZ)].mean(axis=1)
     shapes = np.stack([np.interp(SHAPE_HZ, bins_hz, row) for row in decibels]) - level[:, None]
@@ -322,7 +327,7 @@ class EnvelopeStats:
         voiced = f0 > 0
         if not voiced.any():
             return
-        bins_hz = np.arange(aperiodicity.shape[1]) * sr / ((aperiodicity.shape[1] - 1) * 2)
+        bins_hz = bin_hz(aperiodicity.shape[1], sr)
         decibels = 10.0 * np.log10(np.maximum(aperiodicity[voiced], APERIODICITY_FLOOR))
         reach = 0.98 * sr / 2 >= GRID_HZ
         self.aperiodicity_sum[reach] += np.interp(GRID_HZ[reach], bins_hz, decibels.sum(axis=0))
@@ -340,8 +345,7 @@ class EnvelopeStats:
         bins = np.floor(1200.0 * np.log2(f0[voiced] / F0_FLOOR_HZ) / HISTOGRAM_CENTS)
         np.add.at(self.f0_histogram, np.clip(bins.astype(int), 0, HISTOGRAM_BINS - 1), 1.0)
 
-        fft_size = (envelope.shape[1] - 1) * 2
-        bins_hz = np.arange(envelope.shape[1]) * sr / fft_size
+        bins_hz = bin_hz(envelope.shape[1], sr)
         decibels = 10.0 * np.log10(envelope[voiced] + 1e-16)
         level = decibels[:, _band(bins_hz, LEVEL_BAND_HZ)].mean(axis=1)
         loud = level >= level.max() - FRAME_FLOOR_DB
@@ -633,7 +637,7 @@ class EnvelopeMap:
         """Map CheapTrick power envelopes ``(frames, bins)`` at ``sr``."""
         bins = envelope.shape[1]
         fft_size = (bins - 1) * 2
-        bins_hz = np.arange(bins) * sr / fft_size
+        bins_hz = bin_hz(bins, sr)
         log_envelope = np.log(envelope + 1e-16)
         if self.warp != 1.0:
             position = np.clip(source_frequency(bins_hz, self.warp) * fft_size / sr, 0, bins - 1)
@@ -743,8 +747,8 @@ def _aperiodicity(
     coarse, _ = _coarse_aperiodicity(segment, f0, times, sr)
     # Spread the 16 kHz analysis over the full band; above 8 kHz the last value holds (voices are
     # almost fully aperiodic there anyway).
-    coarse_hz = np.arange(coarse.shape[1]) * ap_sr / ((coarse.shape[1] - 1) * 2)
-    target_hz = np.arange(bins) * sr / ((bins - 1) * 2)
+    coarse_hz = bin_hz(coarse.shape[1], ap_sr)
+    target_hz = bin_hz(bins, sr)
     position = np.interp(target_hz, coarse_hz, np.arange(coarse.shape[1]))
     below = np.minimum(position.astype(int), coarse.shape[1] - 2)
     weight = position - below
@@ -894,7 +898,7 @@ def _map_aperiodicity(
     voiced = f0 > 0
     if not voiced.any() or not np.any(gain_db):
         return aperiodicity
-    bins_hz = np.arange(aperiodicity.shape[1]) * sr / ((aperiodicity.shape[1] - 1) * 2)
+    bins_hz = bin_hz(aperiodicity.shape[1], sr)
     gain = 10.0 ** (np.interp(bins_hz, GRID_HZ, gain_db) / 10.0)
     out = aperiodicity.copy()
     out[voiced] = np.clip(
