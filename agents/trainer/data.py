@@ -214,15 +214,17 @@ class VoiceDataset(Dataset[Example]):
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of dataset indices, each from one length bucket, every index once per epoch.
+    """Batches of dataset indices grouped by length, every index exactly once per epoch.
 
-    ``boundaries`` split lengths into buckets ``(-inf, b0], (b0, b1], …, (b_last, inf)``; a batch
-    takes indices of one bucket only, so its padding is at most that bucket's width. Each bucket is
-    shuffled and cut into ``batch_size`` batches (its last batch may be shorter: no index is
-    dropped or repeated, unlike RVC's sampler, which pads buckets with repeats and drops lengths
-    outside the edges), then the batches of all buckets are shuffled together. The order is a
-    function of ``seed`` and the epoch set by :meth:`set_epoch` only, so a resumed run sees the
-    same batches as one that never stopped.
+    ``boundaries`` split lengths into buckets ``(-inf, b0], (b0, b1], …, (b_last, inf)``. Each
+    bucket is shuffled and cut into full batches of ``batch_size`` from that bucket alone, so
+    their padding is at most the bucket's width. What is left of each bucket (fewer than
+    ``batch_size``) is pooled, sorted by length and cut into batches too, so an epoch has as many
+    steps as plain random batching (``ceil(n / batch_size)``) and those few batches hold
+    neighbours in length. RVC's sampler instead repeats examples to fill its buckets and drops
+    lengths outside the edges; here nothing is repeated or dropped. All batches are then shuffled
+    together. The order is a function of ``seed`` and the epoch set by :meth:`set_epoch` only, so
+    a resumed run sees the same batches as one that never stopped.
     """
 
     def __init__(
@@ -238,6 +240,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         buckets: list[list[int]] = [[] for _ in range(len(edges) + 1)]
         for index, length in enumerate(lengths):
             buckets[bisect.bisect_left(edges, length)].append(index)
+        self.lengths = list(lengths)
         self.buckets = [b for b in buckets if b]
         self.batch_size = batch_size
         self.seed = seed
@@ -247,16 +250,20 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return sum(-(-len(b) // self.batch_size) for b in self.buckets)
+        return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64])
+        size = self.batch_size
         batches: list[list[int]] = []
+        rest: list[int] = []
         for bucket in self.buckets:
             order = [bucket[i] for i in rng.permutation(len(bucket))]
-            batches.extend(
-                order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)
-            )
+            full = len(order) - len(order) % size
+            batches.extend(order[i : i + size] for i in range(0, full, size))
+            rest.extend(order[full:])
+        rest.sort(key=self.lengths.__getitem__)  # stable: equal lengths keep the shuffled order
+        batches.extend(rest[i : i + size] for i in range(0, len(rest), size))
         return iter([batches[i] for i in rng.permutation(len(batches))])
 
 
