@@ -6,9 +6,10 @@ separation RTF and peak GPU memory of each, as one JSON object, in well under 5 
 
 Sizes on a GPU: the full v2 48k synthesizer and HuBERT-base (random weights), 60 s of generated
 sung vocals cut into ~10 s pieces synthesized 4 at a time, FCPE pitch on the same device; the v2
-48k trainer at batch 8 (AMP fp16); Spleeter on a 60 s generated song. ``--dry`` runs the tiny
-models on 2 s of audio on the CPU: it checks that every stage runs on the device it is given, not
-how fast. ``rtf`` is processing time over audio time (below 1: faster than real time).
+48k trainer at batch 8 (AMP: bf16 where the GPU has it, else fp16); Spleeter on a 60 s generated
+song. ``--dry`` runs the tiny models on 2 s of audio on the CPU: it checks that every stage runs on
+the device it is given, not how fast. ``rtf`` is processing time over audio time (below 1: faster
+than real time).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def bench_training(device: torch.device, dry: bool, steps: int) -> dict[str, Any
         "batch_size": batch_size,
         "frames": frames,
         "amp": trainer.use_amp,
+        "precision": trainer.precision.name,  # auto: bf16 on a GPU that has it, else fp16
         "steps": steps,
         "steps_per_s": round(steps / elapsed, 4),
         "peak_gpu_mb": peak,

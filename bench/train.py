@@ -1,8 +1,14 @@
 """Training-step throughput and peak memory of the RVC trainer on CPU, with random data.
 
     python bench/train.py [--steps 3] [--batch-size 2] [--frames 200] [--threads 2]
+    python bench/train.py --lengths mixed [--examples 16] [--batch-size 4]
 
-Each model size runs in its own process so its peak RSS is its own. Prints one JSON object.
+``--lengths fixed`` (the default) times steps on one batch of ``--frames`` frames per clip.
+``--lengths mixed`` times one epoch over a corpus of clips of RVC-like mixed lengths (most near
+the slicer's 3.7 s, a third anywhere from 0.4 s to 9 s), batched twice: in a random order, as the
+trainer did before it had a bucket sampler, and by length bucket (``BucketBatchSampler``), with the
+padding each leaves. Each model size runs in its own process so its peak RSS is its own. Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import resource
 import time
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 
-from agents.trainer.data import Batch
-from agents.trainer.train import TrainConfig, build_trainer
+from agents.trainer.data import Batch, BucketBatchSampler, Example, collate
+from agents.trainer.train import TrainConfig, TrainPrecision, build_trainer
 from agents.voice.configs import get_config
 
 
@@ -41,15 +48,89 @@ def random_batch(size: str, batch_size: int, frames: int, sample_rate: str = "40
     )
 
 
-def bench_one(size: str, steps: int, batch_size: int, frames: int, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+def mixed_lengths(count: int, seed: int = 0) -> list[int]:
+    """Spectrogram frames of an RVC-like sliced dataset: mostly 3.3-3.7 s, a third 0.4-9 s."""
+    rng = np.random.default_rng(seed)
+    return [
+        int(rng.integers(40, 901)) if rng.random() < 1 / 3 else int(rng.integers(330, 371))
+        for _ in range(count)
+    ]
+
+
+def random_example(config: Any, frames: int, gen: torch.Generator) -> Example:
+    hop = config.audio.hop_length
+    return Example(
+        phone=torch.randn(frames, config.phone_dim, generator=gen),
+        pitch=torch.randint(1, 256, (frames,), generator=gen),
+        pitchf=100 + 200 * torch.rand(frames, generator=gen),
+        spec=torch.rand(config.synthesizer.spec_channels, frames, generator=gen),
+        wave=0.1 * torch.randn(1, frames * hop, generator=gen),
+    )
+
+
+def _trainer(size: str, precision: TrainPrecision) -> Any:
     config = get_config("v2", "40k", size)  # type: ignore[arg-type]
     trainer = build_trainer(
         config,
-        TrainConfig(version="v2", sample_rate="40k", model_size=size),
+        TrainConfig(version="v2", sample_rate="40k", model_size=size, precision=precision),
         torch.device("cpu"),  # type: ignore[arg-type]
     )
+    return config, trainer
+
+
+def bench_epoch(
+    size: str, examples: int, batch_size: int, threads: int, precision: TrainPrecision
+) -> dict[str, Any]:
+    """One epoch over a mixed-length corpus, batched randomly and by length bucket."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config, trainer = _trainer(size, precision)
+    lengths = mixed_lengths(examples)
+    gen = torch.Generator().manual_seed(0)
+    corpus = [random_example(config, n, gen) for n in lengths]
+    segment = config.synthesizer.segment_frames
+
+    def batches(order: list[list[int]]) -> list[Batch]:
+        return [collate([corpus[i] for i in b], config.audio.hop_length, segment) for b in order]
+
+    perm = torch.randperm(examples, generator=torch.Generator().manual_seed(1)).tolist()
+    orders = {
+        "random": [perm[i : i + batch_size] for i in range(0, examples, batch_size)],
+        "bucket": list(BucketBatchSampler(lengths, batch_size, seed=1)),
+    }
+    trainer.step(batches([[0]])[0])  # warm-up: allocator, kernels
+    runs = {}
+    for name, order in orders.items():
+        prepared = batches(order)
+        padded = sum(b.spec.shape[0] * b.spec.shape[2] for b in prepared)
+        started = time.perf_counter()
+        for batch in prepared:
+            trainer.step(batch)
+        elapsed = time.perf_counter() - started
+        runs[name] = {
+            "steps": len(prepared),
+            "seconds": round(elapsed, 3),
+            "examples_per_s": round(examples / elapsed, 4),
+            "padding_fraction": round(1 - sum(lengths) / padded, 4),
+        }
+    return {
+        "model": f"v2-40k-{size}",
+        "precision": trainer.precision.name,
+        "examples": examples,
+        "audio_s": round(sum(lengths) / 100, 2),
+        "batch_size": batch_size,
+        "epoch": runs,
+        "speedup_bucket_vs_random": round(runs["random"]["seconds"] / runs["bucket"]["seconds"], 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def bench_one(
+    size: str, steps: int, batch_size: int, frames: int, threads: int, precision: TrainPrecision
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config, trainer = _trainer(size, precision)
     batch = random_batch(size, batch_size, frames)
     trainer.step(batch)  # warm-up: allocator, kernels
     started = time.perf_counter()
@@ -61,6 +142,7 @@ def bench_one(size: str, steps: int, batch_size: int, frames: int, threads: int)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "model": f"v2-40k-{size}",
+        "precision": trainer.precision.name,
         "generator_params_m": round(sum(p.numel() for p in trainer.net_g.parameters()) / 1e6, 2),
         "discriminator_params_m": round(
             sum(p.numel() for p in trainer.net_d.parameters()) / 1e6, 2
@@ -77,8 +159,8 @@ def bench_one(size: str, steps: int, batch_size: int, frames: int, threads: int)
     }
 
 
-def _child(queue: Any, *args: Any) -> None:
-    queue.put(bench_one(*args))
+def _child(queue: Any, mixed: bool, *args: Any) -> None:
+    queue.put(bench_epoch(*args) if mixed else bench_one(*args))
 
 
 def main() -> None:
@@ -89,16 +171,23 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "full"])
+    parser.add_argument("--lengths", choices=["fixed", "mixed"], default="fixed")
+    parser.add_argument("--examples", type=int, default=16, help="corpus size (--lengths mixed)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
+    mixed = args.lengths == "mixed"
 
     ctx = mp.get_context("spawn")
     results = []
     for size in args.sizes:
         steps = args.tiny_steps if size == "tiny" else args.steps
         queue = ctx.Queue()
-        proc = ctx.Process(
-            target=_child, args=(queue, size, steps, args.batch_size, args.frames, args.threads)
+        work = (
+            (size, args.examples, args.batch_size, args.threads, args.precision)
+            if mixed
+            else (size, steps, args.batch_size, args.frames, args.threads, args.precision)
         )
+        proc = ctx.Process(target=_child, args=(queue, mixed, *work))
         proc.start()
         results.append(queue.get())
         proc.join()
@@ -107,6 +196,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": psutil.cpu_count(),
         "threads": args.threads,
+        "lengths": args.lengths,
         "torch": torch.__version__,
         "results": results,
     }

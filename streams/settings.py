@@ -238,6 +238,11 @@ class Settings(BaseSettings):
     train_model_size: Literal["full", "tiny"] = Field(
         "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
     )
+    train_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Training arithmetic; auto: fp32 on the CPU, bf16 autocast on a GPU that has "
+        "it, else fp16 autocast with loss scaling.",
+    )
     converter_batch_pieces: int = Field(
         0, ge=0, description="Vocal pieces synthesized together; 0: 4 on a GPU, 1 on the CPU."
     )

@@ -11,18 +11,23 @@ As in RVC, content features are repeated twice to reach the 100 frames/s of the 
 (hop = sr / 100) and of the pitch tracks; every stream is then cut to the shortest. Long
 utterances are cropped to a random window of ``max_frames``; the synthesizer then picks its own
 random ``segment_frames`` slice inside it.
+
+Batches are drawn by :class:`BucketBatchSampler`: utterances of similar length share a batch, so
+a batch is padded little (the text and posterior encoders run over the padded length).
 """
 
 from __future__ import annotations
 
+import bisect
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from agents.voice.configs import PHONE_DIMS, AudioConfig, Version
 from agents.voice.modules.spectral import linear_spectrogram
@@ -35,6 +40,8 @@ GT_WAVS_DIR = "0_gt_wavs"
 COARSE_F0_DIR = "2a_f0"
 F0_HZ_DIR = "2b-f0nsf"
 FEATURE_REPEAT = 2  # 50 Hz content frames → 100 Hz spectrogram frames
+# Spectrogram-frame bucket edges (100 frames = 1 s), RVC's: a bucket holds lengths in (b_i, b_i+1].
+BUCKET_BOUNDARIES = (100, 200, 300, 400, 500, 600, 700, 800, 900)
 
 
 def feature_dir_name(version: Version) -> str:
@@ -144,7 +151,11 @@ class VoiceDataset(Dataset[Example]):
             )
         # Utterances shorter than one decoder segment cannot be sliced; RVC's slicer never makes
         # them, but an odd dataset might.
-        self.files = [f for f in files if self._frame_count(f) >= segment_frames]
+        counted = [(f, self._frame_count(f)) for f in files]
+        kept = [(f, n) for f, n in counted if n >= segment_frames]
+        self.files = [f for f, _ in kept]
+        # Spectrogram frames each example will have (after the max_frames crop), for bucketing.
+        self.lengths = [min(n, self.max_frames) for _, n in kept]
         if not self.files:
             raise StageError(
                 "dataset_too_short",
@@ -156,8 +167,9 @@ class VoiceDataset(Dataset[Example]):
         samples = sf.info(str(files.wav)).frames
         phone_frames = np.load(files.phone, mmap_mode="r").shape[0] * FEATURE_REPEAT
         counts = [samples // self.audio.hop_length, phone_frames]
-        if files.pitch is not None:
-            counts.append(np.load(files.pitch, mmap_mode="r").shape[0])
+        for pitch in (files.pitch, files.pitchf):
+            if pitch is not None:
+                counts.append(np.load(pitch, mmap_mode="r").shape[0])
         return min(counts)
 
     def __len__(self) -> int:
@@ -199,6 +211,60 @@ class VoiceDataset(Dataset[Example]):
             spec=spec,
             wave=wave.unsqueeze(0),
         )
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices grouped by length, every index exactly once per epoch.
+
+    ``boundaries`` split lengths into buckets ``(-inf, b0], (b0, b1], …, (b_last, inf)``. Each
+    bucket is shuffled and cut into full batches of ``batch_size`` from that bucket alone, so
+    their padding is at most the bucket's width. What is left of each bucket (fewer than
+    ``batch_size``) is pooled, sorted by length and cut into batches too, so an epoch has as many
+    steps as plain random batching (``ceil(n / batch_size)``) and those few batches hold
+    neighbours in length. RVC's sampler instead repeats examples to fill its buckets and drops
+    lengths outside the edges; here nothing is repeated or dropped. All batches are then shuffled
+    together. The order is a function of ``seed`` and the epoch set by :meth:`set_epoch` only, so
+    a resumed run sees the same batches as one that never stopped.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        boundaries: Sequence[int] = BUCKET_BOUNDARIES,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        edges = sorted(boundaries)
+        buckets: list[list[int]] = [[] for _ in range(len(edges) + 1)]
+        for index, length in enumerate(lengths):
+            buckets[bisect.bisect_left(edges, length)].append(index)
+        self.lengths = list(lengths)
+        self.buckets = [b for b in buckets if b]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed % 2**64, self.epoch % 2**64])
+        size = self.batch_size
+        batches: list[list[int]] = []
+        rest: list[int] = []
+        for bucket in self.buckets:
+            order = [bucket[i] for i in rng.permutation(len(bucket))]
+            full = len(order) - len(order) % size
+            batches.extend(order[i : i + size] for i in range(0, full, size))
+            rest.extend(order[full:])
+        rest.sort(key=self.lengths.__getitem__)  # stable: equal lengths keep the shuffled order
+        batches.extend(rest[i : i + size] for i in range(0, len(rest), size))
+        return iter([batches[i] for i in rng.permutation(len(batches))])
 
 
 def collate(examples: list[Example], hop_length: int, min_frames: int = 0) -> Batch:

@@ -182,6 +182,7 @@ def _train_rvc(
             seed=config.seed,
             device=settings.device,
             model_size=config.model_size,
+            precision=settings.train_precision,
         ),
         phase(0.25, 0.95),
     )

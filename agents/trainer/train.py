@@ -2,8 +2,11 @@
 
 Per batch: a discriminator step (LSGAN), then a generator step with
 ``45 × mel-L1 + 1 × KL + feature matching + adversarial``; AdamW (lr 1e-4, betas 0.8/0.99,
-eps 1e-9) for both nets, learning rate × 0.999875 after every epoch. fp32 on CPU, fp16 autocast
-with a gradient scaler on CUDA. Training checkpoints (``G_<step>.pth``/``D_<step>.pth``) are
+eps 1e-9) for both nets, learning rate × 0.999875 after every epoch. Batches group utterances
+of similar length (:class:`~agents.trainer.data.BucketBatchSampler`, as RVC's bucket sampler).
+Precision (``TrainConfig.precision``, see :func:`resolve_precision`): by default fp32 on the CPU,
+bf16 autocast on a CUDA GPU that supports it, else fp16 autocast with a gradient scaler.
+Training checkpoints (``G_<step>.pth``/``D_<step>.pth``) are
 written to ``exp_dir`` every ``save_every`` epochs and at the end; a later call with the same
 ``exp_dir`` resumes from the newest pair. The result is exported as a public-format RVC
 inference model.
@@ -11,17 +14,19 @@ inference model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from agents.trainer.data import Batch, VoiceDataset, collate
+from agents.trainer.data import Batch, BucketBatchSampler, VoiceDataset, collate
 from agents.trainer.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from agents.voice.checkpoint import (
     Precision,
@@ -38,12 +43,54 @@ from agents.voice.discriminator import MultiPeriodDiscriminator
 from agents.voice.modules.commons import slice_segments
 from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
-from streams.device import resolve_device
+from streams.device import DeviceUnavailable, resolve_device
 from streams.logging import get_logger
 
 log = get_logger()
 
 ProgressCallback = Callable[[float, str], None]
+TrainPrecision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """How a training step computes: the autocast dtype (None: plain fp32) and loss scaling."""
+
+    name: Literal["fp32", "fp16", "bf16"]
+    dtype: torch.dtype | None
+    scaler: bool  # fp16's narrow range needs a gradient scaler; bf16 has fp32's range
+
+
+FP32 = MixedPrecision("fp32", None, scaler=False)
+FP16 = MixedPrecision("fp16", torch.float16, scaler=True)
+BF16 = MixedPrecision("bf16", torch.bfloat16, scaler=False)
+
+
+def resolve_precision(
+    choice: TrainPrecision, device: torch.device, *, cuda_bf16: bool | None = None
+) -> MixedPrecision:
+    """The precision ``choice`` means on ``device``.
+
+    ``auto``: fp32 on the CPU; on CUDA bf16 where the GPU supports it (Ampere and later), else
+    fp16. ``fp16`` needs CUDA; ``bf16`` runs on the CPU (autocast) or on a GPU that supports it.
+    ``cuda_bf16`` says whether the GPU supports bf16; None asks torch, and only for a CUDA device.
+    """
+    if device.type != "cuda":
+        if choice == "fp16":
+            raise DeviceUnavailable(
+                f"fp16 training needs a CUDA GPU, not {device}: use bf16 or fp32 (auto) there"
+            )
+        return BF16 if choice == "bf16" else FP32
+    if choice == "fp32":
+        return FP32
+    if choice == "fp16":
+        return FP16
+    if cuda_bf16 is None:
+        # native bf16 from compute capability 8 (Ampere); older GPUs only emulate it, slowly
+        cuda_bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    if choice == "bf16" and not cuda_bf16:
+        raise DeviceUnavailable(f"the GPU {device} has no bf16 support: use fp16 or auto")
+    return BF16 if cuda_bf16 else FP16
 
 
 @dataclass
@@ -64,6 +111,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest G/D pairs kept on disk
     export_precision: Precision = "fp16"
     learning_rate: float | None = None  # None: the recipe's 1e-4 (tiny test models learn faster)
+    precision: TrainPrecision = "auto"  # see resolve_precision
 
 
 @dataclass
@@ -102,16 +150,22 @@ class Trainer:
     optim_d: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     device: torch.device
+    precision: MixedPrecision = FP32
 
     @property
     def use_amp(self) -> bool:
-        return self.device.type == "cuda"
+        return self.precision.dtype is not None
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.precision.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
 
     def step(self, batch: Batch) -> dict[str, float]:
         hp = self.config.train
         audio = self.config.audio
         segment_frames = self.net_g.segment_frames
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self._autocast():
             out = self.net_g(
                 batch.phone,
                 batch.phone_lengths,
@@ -139,7 +193,7 @@ class Trainer:
         self.scaler.step(self.optim_d)
 
         # Generator: reconstruct the mel, match the prior, fool the discriminator.
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self._autocast():
             _, fake_logits, real_maps, fake_maps = self.net_d(real_wave, out.audio)
             with torch.autocast(self.device.type, enabled=False):
                 mel_l1 = F.l1_loss(real_mel, fake_mel)
@@ -166,6 +220,7 @@ def build_trainer(config: RVCConfig, train: TrainConfig, device: torch.device) -
     net_g = build_synthesizer(config.synthesizer, config.version, train.f0).to(device)
     net_d = MultiPeriodDiscriminator.from_config(config.discriminator).to(device)
     hp = config.train
+    precision = resolve_precision(train.precision, device)
 
     def adamw(params: object) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, hp.learning_rate, betas=hp.betas, eps=hp.eps)  # type: ignore[arg-type]
@@ -176,8 +231,9 @@ def build_trainer(config: RVCConfig, train: TrainConfig, device: torch.device) -
         net_d=net_d,
         optim_g=adamw(net_g.parameters()),
         optim_d=adamw(net_d.parameters()),
-        scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.scaler),
         device=device,
+        precision=precision,
     )
 
 
@@ -238,17 +294,24 @@ def train_model(
     scheduler_g = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_g, rvc.train.lr_decay)
     scheduler_d = torch.optim.lr_scheduler.ExponentialLR(trainer.optim_d, rvc.train.lr_decay)
 
-    # A resumed run continues with a different (but reproducible) random stream.
+    # A resumed run continues with a different (but reproducible) random stream; the batches
+    # themselves depend on the seed and the epoch only.
     torch.manual_seed(config.seed + start_epoch - 1)
+    sampler = BucketBatchSampler(dataset.lengths, config.batch_size, seed=config.seed)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
+        batch_sampler=sampler,
         collate_fn=functools.partial(
             collate, hop_length=rvc.audio.hop_length, min_frames=rvc.synthesizer.segment_frames
         ),
-        generator=torch.Generator().manual_seed(config.seed + start_epoch - 1),
         pin_memory=device.type == "cuda",
+    )
+    log.info(
+        "training_batches",
+        precision=trainer.precision.name,
+        examples=len(dataset),
+        batches_per_epoch=len(sampler),
+        buckets=len(sampler.buckets),
     )
 
     history: list[EpochMetrics] = []
@@ -260,6 +323,7 @@ def train_model(
         started = time.perf_counter()
         learning_rate = trainer.optim_g.param_groups[0]["lr"]
         rows: list[dict[str, float]] = []
+        sampler.set_epoch(epoch)
         for batch in loader:
             losses = trainer.step(batch.to(device))
             rows.append(losses)

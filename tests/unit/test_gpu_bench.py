@@ -32,5 +32,6 @@ def test_gpu_bench_dry_mode_runs_every_path_on_the_given_device() -> None:
         assert case["pieces"] > 1  # the batched case really batches several pieces
         assert case["rtf"] > 0 and case["peak_gpu_mb"] is None
     assert report["training"]["steps_per_s"] > 0
+    assert report["training"]["precision"] == "fp32" and report["training"]["amp"] is False
     assert report["training"]["loss_mel_last"] == report["training"]["loss_mel_last"]  # not NaN
     assert report["separation"]["stems"] == ["accompaniment", "vocals"]
