@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agents.registry import STAGE_NAMES
 from frontends.cli_models import doctor, models_app
@@ -36,6 +36,7 @@ app.add_typer(models_app, name="models")
 app.command("doctor")(doctor)
 
 LOCAL_STORE = CACHE_HOME / "local-store"
+OptionModel = TypeVar("OptionModel", bound=BaseModel)
 # The option models' defaults are the CLI's: each flag's default is read from them, never repeated.
 _VOICE = VoiceOptions()
 _CONVERSION = ConversionOptions()
@@ -67,6 +68,16 @@ def _stack_config(settings: Settings) -> Any:
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _option_model(model: type[OptionModel], flags: dict[str, Any]) -> OptionModel:
+    """The option model from a command's flags named as its fields (a command's ``locals()``);
+    a value it refuses is an error naming the field, not a traceback."""
+    try:
+        return model(**{name: flags[name] for name in model.model_fields if name in flags})
+    except ValidationError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,14 +556,8 @@ def train(
     out_dir = Path(target) if ("/" in target or Path(target).is_dir()) else Path("logs") / target
     settings = get_settings()
     files = [p for p in sorted(trainset_dir.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
-    try:
-        voice = VoiceOptions(
-            sample_rate=sample_rate, f0_method=f0_method, epochs=epochs, batch_size=batch_size
-        )
-    except ValidationError as exc:
-        _fail(str(exc))
     config = VoiceTrainingConfig.from_options(
-        voice,
+        _option_model(VoiceOptions, locals()),
         pretrained_g=str(pretrained_g) if pretrained_g else None,
         pretrained_d=str(pretrained_d) if pretrained_d else None,
         model_size=settings.train_model_size,
@@ -604,17 +609,7 @@ def convert(
     """Convert vocals into a voice (the seed's rvc-infer.py, same option names)."""
     from agents.converter.cli import convert_command
 
-    try:
-        params = ConversionOptions(
-            f0_up_key=f0_up_key,
-            f0_method=f0_method,
-            index_rate=index_rate,
-            filter_radius=filter_radius,
-            rms_mix_rate=rms_mix_rate,
-            protect=protect,
-        )
-    except ValidationError as exc:
-        _fail(str(exc))
+    params = _option_model(ConversionOptions, locals())
     _quiet_logs()
     result = _stage_errors(
         lambda: convert_command(sid0, input_audio0, file_index2, params=params, out=out)
