@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from schemas.events import BY_TOPIC, Event
 from schemas.flow import STAGES as FLOW
+from streams.models.manifest import Kind as ModelKind
 from streams.stage import Handler, load_handler
 
 
@@ -28,23 +29,46 @@ class StageDeclaration:
     handler: str
     #: whether its work runs on the configured device (SINGTOME_DEVICE) or always on the CPU
     uses_device: bool
+    #: the kinds of model file it reads (the model manifest's ``kind``), for `singtome doctor`
+    models: tuple[ModelKind, ...] = ()
 
     def load(self) -> Handler:
         """Import the stage's handler."""
         return load_handler(self.handler)
 
 
-def _declare(name: str, handler: str, *, uses_device: bool) -> StageDeclaration:
+def _declare(
+    name: str, handler: str, *, uses_device: bool, models: tuple[ModelKind, ...] = ()
+) -> StageDeclaration:
     topics = FLOW[name]
     return StageDeclaration(
-        name, topics.consumes, BY_TOPIC[topics.produces], handler, uses_device=uses_device
+        name,
+        topics.consumes,
+        BY_TOPIC[topics.produces],
+        handler,
+        uses_device=uses_device,
+        models=models,
     )
 
 
+# The RVC files: a content encoder and a pitch model for both voice stages, the pretrained
+# generator/discriminator pair for training only.
+_VOICE_MODELS: tuple[ModelKind, ...] = ("content-encoder", "pitch")
+
 STAGES: tuple[StageDeclaration, ...] = (
-    _declare("separator", "agents.separator.agent:handle", uses_device=True),
-    _declare("trainer", "agents.trainer.agent:handle", uses_device=True),
-    _declare("converter", "agents.converter.agent:handle", uses_device=True),
+    _declare(
+        "separator",
+        "agents.separator.agent:handle",
+        uses_device=True,
+        models=("separation", "separation-config"),
+    ),
+    _declare(
+        "trainer",
+        "agents.trainer.agent:handle",
+        uses_device=True,
+        models=(*_VOICE_MODELS, "pretrained"),
+    ),
+    _declare("converter", "agents.converter.agent:handle", uses_device=True, models=_VOICE_MODELS),
     # the mixer never touches torch
     _declare("mixer", "agents.mixer.agent:handle", uses_device=False),
 )
@@ -53,6 +77,11 @@ BY_NAME: dict[str, StageDeclaration] = {stage.name: stage for stage in STAGES}
 
 #: the stage names, in pipeline order
 STAGE_NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def stages_using(kind: str) -> tuple[str, ...]:
+    """The stages that read model files of ``kind``, in pipeline order."""
+    return tuple(stage.name for stage in STAGES if kind in stage.models)
 
 
 def stage(name: str) -> StageDeclaration:

@@ -9,14 +9,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agents.registry import STAGE_NAMES
 from frontends.cli_models import doctor, models_app
-from schemas.events import TrackReady
+from schemas.events import ConversionOptions, OutputOptions, TrackReady, VoiceOptions
+from schemas.vocabulary import F0Method, OutputFormat, SampleRate
 from streams.settings import CACHE_HOME, Settings, get_settings
 
 app = typer.Typer(
@@ -35,6 +36,20 @@ app.add_typer(models_app, name="models")
 app.command("doctor")(doctor)
 
 LOCAL_STORE = CACHE_HOME / "local-store"
+OptionModel = TypeVar("OptionModel", bound=BaseModel)
+# The option models' defaults are the CLI's: each flag's default is read from them, never repeated.
+_VOICE = VoiceOptions()
+_CONVERSION = ConversionOptions()
+_OUTPUT = OutputOptions()
+# The job-option flags `submit` and `cover` share; unset ones keep the option models' defaults.
+F0MethodFlag = Annotated[
+    F0Method | None, typer.Option(help=f"Pitch method (default {_VOICE.f0_method}).")
+]
+EpochsFlag = Annotated[int | None, typer.Option(help=f"Training epochs (default {_VOICE.epochs}).")]
+FormatFlag = Annotated[
+    OutputFormat | None,
+    typer.Option("--format", help=f"Output format (default {_OUTPUT.format})."),
+]
 
 
 def _stack_config(settings: Settings) -> Any:
@@ -53,6 +68,16 @@ def _stack_config(settings: Settings) -> Any:
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _option_model(model: type[OptionModel], flags: dict[str, Any]) -> OptionModel:
+    """The option model from a command's flags named as its fields (a command's ``locals()``);
+    a value it refuses is an error naming the field, not a traceback."""
+    try:
+        return model(**{name: flags[name] for name in model.model_fields if name in flags})
+    except ValidationError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,9 +252,9 @@ def _options(
     separator_model: str | None,
     skip_separation: bool,
     f0_up_key: int,
-    f0_method: str | None,
+    f0_method: F0Method | None,
     epochs: int | None,
-    fmt: str | None,
+    fmt: OutputFormat | None,
     title: str | None,
     artist: str | None,
     force: bool,
@@ -246,7 +271,7 @@ def _options(
     if epochs:
         options.voice.epochs = epochs
     if fmt:
-        options.output.format = fmt  # type: ignore[assignment]
+        options.output.format = fmt
     options.output.title = title
     options.output.artist = artist
     try:
@@ -273,9 +298,9 @@ def submit(
     separator_model: Annotated[str | None, typer.Option(help="Separation model.")] = None,
     skip_separation: Annotated[bool, typer.Option(help="The song is a bare vocal.")] = False,
     f0_up_key: Annotated[int, typer.Option(help="Transpose the voice (semitones).")] = 0,
-    f0_method: Annotated[str | None, typer.Option(help="Pitch method.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="wav|flac|mp3|m4a")] = None,
+    f0_method: F0MethodFlag = None,
+    epochs: EpochsFlag = None,
+    fmt: FormatFlag = None,
     title: Annotated[str | None, typer.Option()] = None,
     artist: Annotated[str | None, typer.Option()] = None,
     force: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
@@ -509,12 +534,10 @@ def train(
         str | None,
         typer.Option(help="Experiment name or folder for the model (default $SM_MODEL_DIR)."),
     ] = None,
-    sample_rate: Annotated[str, typer.Option(help="40k | 48k")] = "40k",
-    f0_method: Annotated[str, typer.Option(help="rmvpe | harvest | dio | pm | crepe | fcpe")] = (
-        "rmvpe"
-    ),
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    sample_rate: Annotated[SampleRate, typer.Option()] = _VOICE.sample_rate,
+    f0_method: Annotated[F0Method, typer.Option()] = _VOICE.f0_method,
+    epochs: Annotated[int, typer.Option(min=1)] = _VOICE.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = _VOICE.batch_size,
     pretrained_g: Annotated[Path | None, typer.Option(help="e.g. f0G40k.pth")] = None,
     pretrained_d: Annotated[Path | None, typer.Option(help="e.g. f0D40k.pth")] = None,
 ) -> None:
@@ -533,11 +556,8 @@ def train(
     out_dir = Path(target) if ("/" in target or Path(target).is_dir()) else Path("logs") / target
     settings = get_settings()
     files = [p for p in sorted(trainset_dir.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
-    config = VoiceTrainingConfig(
-        sample_rate=sample_rate,  # type: ignore[arg-type]
-        f0_method=f0_method,
-        epochs=epochs,
-        batch_size=batch_size,
+    config = VoiceTrainingConfig.from_options(
+        _option_model(VoiceOptions, locals()),
         pretrained_g=str(pretrained_g) if pretrained_g else None,
         pretrained_d=str(pretrained_d) if pretrained_d else None,
         model_size=settings.train_model_size,
@@ -578,31 +598,21 @@ def convert(
     file_index2: Annotated[
         str | None, typer.Option("--file-index2", help="The model's .index.")
     ] = None,
-    f0_up_key: Annotated[int, typer.Option("--f0-up-key")] = 0,
-    f0_method: Annotated[str, typer.Option("--f0-method")] = "rmvpe",
-    index_rate: Annotated[float, typer.Option("--index-rate")] = 0.75,
-    filter_radius: Annotated[int, typer.Option("--filter-radius")] = 3,
-    rms_mix_rate: Annotated[float, typer.Option("--rms-mix-rate")] = 0.25,
-    protect: Annotated[float, typer.Option("--protect")] = 0.33,
+    f0_up_key: Annotated[int, typer.Option("--f0-up-key")] = _CONVERSION.f0_up_key,
+    f0_method: Annotated[F0Method, typer.Option("--f0-method")] = _CONVERSION.f0_method,
+    index_rate: Annotated[float, typer.Option("--index-rate")] = _CONVERSION.index_rate,
+    filter_radius: Annotated[int, typer.Option("--filter-radius")] = _CONVERSION.filter_radius,
+    rms_mix_rate: Annotated[float, typer.Option("--rms-mix-rate")] = _CONVERSION.rms_mix_rate,
+    protect: Annotated[float, typer.Option("--protect")] = _CONVERSION.protect,
     out: Annotated[str | None, typer.Option("--out", help="Output FLAC.")] = None,
 ) -> None:
     """Convert vocals into a voice (the seed's rvc-infer.py, same option names)."""
     from agents.converter.cli import convert_command
 
+    params = _option_model(ConversionOptions, locals())
     _quiet_logs()
     result = _stage_errors(
-        lambda: convert_command(
-            sid0,
-            input_audio0,
-            file_index2,
-            f0_up_key,
-            f0_method,
-            index_rate,
-            filter_radius,
-            rms_mix_rate,
-            protect,
-            out,
-        )
+        lambda: convert_command(sid0, input_audio0, file_index2, params=params, out=out)
     )
     typer.echo(
         json.dumps(
@@ -638,9 +648,9 @@ def cover(
     separator_model: Annotated[str | None, typer.Option()] = None,
     skip_separation: Annotated[bool, typer.Option(help="The song is a bare vocal.")] = False,
     f0_up_key: Annotated[int, typer.Option(help="Transpose the voice (semitones).")] = 0,
-    f0_method: Annotated[str | None, typer.Option()] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="wav|flac|mp3|m4a")] = None,
+    f0_method: F0MethodFlag = None,
+    epochs: EpochsFlag = None,
+    fmt: FormatFlag = None,
     title: Annotated[str | None, typer.Option()] = None,
     artist: Annotated[str | None, typer.Option()] = None,
     report: Annotated[

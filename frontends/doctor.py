@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from agents.registry import BY_NAME as STAGE_REGISTRY
+from agents.registry import stages_using
 from streams.settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
-VOICE_STAGES = frozenset({"trainer", "converter"})
+# The stages that need a voice backend: those reading a content encoder (the registry says which).
+VOICE_STAGES = frozenset(stages_using("content-encoder"))
 DISK_WARN_GB = 5.0
 DISK_FAIL_GB = 1.0
 BROKER_TIMEOUT_S = 6.0

@@ -28,6 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.vocabulary import (
+    ACCOMPANIMENT,
+    DEFAULT_F0_METHOD,
+    VOCALS,
+    F0Method,
+    OutputFormat,
+    SampleRate,
+    VoiceKind,
+)
+
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
 # ASCII digits, a bounded number of them (int() of a 5000-digit major would raise). Written as
@@ -85,11 +95,6 @@ KEY_POLICY_DOC = (
 # Marks a field that names an S3 key (read by the key policy; visible in the JSON Schema).
 S3_KEY_MARK = "x-singtome-s3-key"
 _S3_KEY_EXTRA: dict[str, Any] = {S3_KEY_MARK: True}
-
-
-# The pitch methods (agents/voice/f0). 'rmvpe' needs SINGTOME_RMVPE_PATH; without it the workers
-# use 'fcpe', whose weights ship with its package.
-F0Method = Literal["rmvpe", "harvest", "dio", "pm", "crepe", "crepe-tiny", "fcpe"]
 
 
 def _new_event_id() -> str:
@@ -156,8 +161,8 @@ class VoiceOptions(_Model):
         description="S3 key of the model's .index (optional).",
         json_schema_extra=_S3_KEY_EXTRA,
     )
-    sample_rate: Literal["32k", "40k", "48k"] = "40k"
-    f0_method: F0Method = "rmvpe"
+    sample_rate: SampleRate = "40k"
+    f0_method: F0Method = DEFAULT_F0_METHOD
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(4, ge=1, le=256)
 
@@ -171,7 +176,7 @@ class VoiceOptions(_Model):
 
 class ConversionOptions(_Model):
     f0_up_key: int = Field(0, ge=-24, le=24, description="Transpose in semitones.")
-    f0_method: F0Method = "rmvpe"
+    f0_method: F0Method = DEFAULT_F0_METHOD
     index_rate: float = Field(0.75, ge=0.0, le=1.0)
     filter_radius: int = Field(3, ge=0, le=7)
     rms_mix_rate: float = Field(0.25, ge=0.0, le=1.0)
@@ -242,7 +247,7 @@ class MixOptions(_Model):
 
 
 class OutputOptions(_Model):
-    format: Literal["wav", "flac", "mp3", "m4a"] = "mp3"
+    format: OutputFormat = "mp3"
     bitrate: str = Field("192k", pattern=r"^[0-9]{2,3}k$")
     title: str | None = None
     artist: str | None = None
@@ -408,7 +413,7 @@ class SongUploaded(StageInput):
 class VocalsSeparated(StageInput):
     topic: ClassVar[str] = "vocals.separated"
     # the stems the converter and the mixer read later, and the voice the trainer trains or checks
-    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment")
+    required_keys: ClassVar[tuple[str, ...]] = (VOCALS, ACCOMPANIMENT)
     requires_voice: ClassVar[bool] = True
     sample_rate: int
     duration_s: float
@@ -419,8 +424,8 @@ class VocalsSeparated(StageInput):
 class VoiceTrained(StageInput):
     topic: ClassVar[str] = "voice.trained"
     # the converter's input, and the accompaniment it carries on to the mixer
-    required_keys: ClassVar[tuple[str, ...]] = ("vocals", "accompaniment", "voice_model")
-    voice_kind: Literal["rvc", "world"] = Field(
+    required_keys: ClassVar[tuple[str, ...]] = (VOCALS, ACCOMPANIMENT, "voice_model")
+    voice_kind: VoiceKind = Field(
         description="'rvc': an RVC model; 'world': the no-weights WORLD fallback voice profile."
     )
     cache_hit: bool = False
@@ -429,8 +434,8 @@ class VoiceTrained(StageInput):
 
 class VocalsConverted(StageInput):
     topic: ClassVar[str] = "vocals.converted"
-    required_keys: ClassVar[tuple[str, ...]] = ("converted_vocals", "accompaniment")  # the mix
-    backend: Literal["rvc", "world"]
+    required_keys: ClassVar[tuple[str, ...]] = ("converted_vocals", ACCOMPANIMENT)  # the mix
+    backend: VoiceKind
     sample_rate: int
     duration_s: float
     cache_hit: bool = False

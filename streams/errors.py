@@ -49,21 +49,26 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
-# Codes a replay can resume: the input was fine, the service was not.
+# Codes a replay can resume: the input was fine, the service was not. The one declaration of
+# retriability: a StageError's ``retriable``, a TransientError's code and every track.failed's
+# ``retriable`` flag (streams/runner.py) are read from it.
 RETRIABLE_CODES = frozenset({"store_unavailable", "timeout", "broker_unavailable"})
+
+
+def is_retriable(code: str) -> bool:
+    """Whether a failure with ``code`` may succeed on a replay."""
+    return code in RETRIABLE_CODES
 
 
 def error_codes_markdown() -> str:
     """The table of error codes in docs/reliability.md (kept in step by a test)."""
     rows = ["| code | meaning | retriable |", "| --- | --- | --- |"]
     for code, meaning in ERROR_CODES.items():
-        rows.append(f"| `{code}` | {meaning} | {'yes' if code in RETRIABLE_CODES else 'no'} |")
+        rows.append(f"| `{code}` | {meaning} | {'yes' if is_retriable(code) else 'no'} |")
     return "\n".join(rows)
 
 
 class StageError(Exception):
-    retriable = False
-
     def __init__(self, code: str, message: str) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}: add it to ERROR_CODES")
@@ -71,8 +76,19 @@ class StageError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def retriable(self) -> bool:
+        return is_retriable(self.code)
+
 
 class TransientError(StageError):
-    """Worth retrying: the same call may succeed later (S3 5xx, a timeout, a busy GPU)."""
+    """Worth retrying at once: the same call may succeed later (S3 5xx, a timeout, a busy GPU).
+    Its code is a retriable one, so what the retries do not cure a replay may."""
 
-    retriable = True
+    def __init__(self, code: str, message: str) -> None:
+        if not is_retriable(code):
+            raise ValueError(
+                f"{code!r} is not retriable: a TransientError needs one of "
+                f"{sorted(RETRIABLE_CODES)}"
+            )
+        super().__init__(code, message)

@@ -48,7 +48,7 @@ from schemas.events import (
     peek_job_id,
 )
 from streams import keys as keylayout
-from streams.errors import StageError, TransientError
+from streams.errors import StageError, TransientError, is_retriable
 from streams.keypolicy import KeyPolicy
 from streams.logging import get_logger, job_context
 from streams.metrics import Metrics
@@ -167,7 +167,7 @@ class Runner:
                 if not self._answered:
                     try:
                         return await self._fail(
-                            raw, None, job_id, "internal_error", _message(exc), False, 1
+                            raw, None, job_id, "internal_error", _message(exc), 1
                         )
                     except Exception:
                         log.exception("the runner could not answer a message")
@@ -180,9 +180,7 @@ class Runner:
         except EventDecodeError as exc:
             job_id = _safe_job_id(exc.job_id, key, raw)
             with job_context(job_id=job_id):
-                return await self._fail(
-                    raw, None, job_id, exc.code, exc.message, retriable=False, attempt=1
-                )
+                return await self._fail(raw, None, job_id, exc.code, exc.message, attempt=1)
         with job_context(job_id=event.job_id, event_id=event.event_id):
             self.on_busy(event.job_id)
             try:
@@ -206,7 +204,7 @@ class Runner:
         try:  # every key the event names, before any S3 call
             self.policy.check_event(event)
         except StageError as exc:
-            return await self._fail(raw, event, event.job_id, exc.code, exc.message, False, 1)
+            return await self._fail(raw, event, event.job_id, exc.code, exc.message, 1)
         duplicate = await self._offload(self._seen_before, event)
         if duplicate:
             self.metrics.duplicates.labels(name).inc()
@@ -229,7 +227,6 @@ class Runner:
                     event.job_id,
                     "timeout",
                     _message(exc),
-                    retriable=True,
                     attempt=attempt,
                 )
             except (TransientError, TransientStoreError) as exc:
@@ -241,7 +238,6 @@ class Runner:
                         event.job_id,
                         code,
                         _message(exc),
-                        retriable=True,
                         attempt=attempt,
                     )
                 delay = min(
@@ -258,17 +254,13 @@ class Runner:
                 )
                 await self.sleep(delay)
             except StageError as exc:
-                return await self._fail(
-                    raw, event, event.job_id, exc.code, exc.message, exc.retriable, attempt
-                )
+                return await self._fail(raw, event, event.job_id, exc.code, exc.message, attempt)
             except ObjectNotFound as exc:
                 return await self._fail(
-                    raw, event, event.job_id, "missing_object", str(exc), False, attempt
+                    raw, event, event.job_id, "missing_object", str(exc), attempt
                 )
             except InvalidKey as exc:
-                return await self._fail(
-                    raw, event, event.job_id, "invalid_key", str(exc), False, attempt
-                )
+                return await self._fail(raw, event, event.job_id, "invalid_key", str(exc), attempt)
             except Exception as exc:  # a bug in a stage must not stop the partition
                 log.exception("stage crashed")
                 return await self._fail(
@@ -277,7 +269,6 @@ class Runner:
                     event.job_id,
                     "internal_error",
                     f"{type(exc).__name__}: {exc}",
-                    False,
                     attempt,
                 )
         finished = datetime.now(UTC)
@@ -300,7 +291,6 @@ class Runner:
                 event.job_id,
                 "internal_error",
                 f"{type(exc).__name__}: {exc}",
-                False,
                 attempt,
             )
         try:
@@ -313,8 +303,8 @@ class Runner:
                 event.job_id,
                 "output_too_large" if exc.too_large else "broker_unavailable",
                 str(exc),
-                retriable=not exc.permanent,
                 attempt=attempt,
+                permanent=exc.permanent,
             )
         elapsed = (finished - started).total_seconds()
         self.metrics.stage_seconds.labels(name).observe(elapsed)
@@ -437,10 +427,15 @@ class Runner:
         job_id: str,
         code: str,
         message: str,
-        retriable: bool,
         attempt: int,
+        *,
+        permanent: bool = False,
     ) -> Outcome:
+        """Answer with ``track.failed`` (and the DLQ copy). Whether it is retriable is the code's
+        (``streams.errors.RETRIABLE_CODES``), unless the failure is ``permanent``: a send the
+        broker refused for good, which no replay cures."""
         name = self.stage.stage
+        retriable = is_retriable(code) and not permanent
         message = _bounded(message)
         fields: dict[str, Any] = {
             "stage": name,

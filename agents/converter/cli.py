@@ -8,6 +8,7 @@ directory, with or without ``.pth``), ``input_audio0`` the vocals, ``file_index2
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from agents.converter.stage import ConversionResult, convert_vocals
 from schemas.events import ConversionOptions
@@ -36,26 +37,22 @@ def convert_command(
     sid0: str,
     input_audio0: str,
     file_index2: str | None = None,
-    f0_up_key: int = 0,
-    f0_method: str = "rmvpe",
-    index_rate: float = 0.75,
-    filter_radius: int = 3,
-    rms_mix_rate: float = 0.25,
-    protect: float = 0.33,
+    *,
+    params: ConversionOptions | None = None,
     out: str | None = None,
     settings: Settings | None = None,
+    **knobs: Any,
 ) -> ConversionResult:
     """Convert ``input_audio0`` into the voice ``sid0``; writes FLAC to ``out`` (default
-    ``<input>_converted.flac`` beside the input) and returns what was written."""
+    ``<input>_converted.flac`` beside the input) and returns what was written.
+
+    ``params`` are the conversion options (their defaults are the product's); ``knobs`` instead
+    set some of them by name (``f0_up_key=-12``), the rest keeping their defaults."""
     settings = settings or get_settings()
-    params = ConversionOptions(
-        f0_up_key=f0_up_key,
-        f0_method=f0_method,
-        index_rate=index_rate,
-        filter_radius=filter_radius,
-        rms_mix_rate=rms_mix_rate,
-        protect=protect,
-    )
+    if params is None:
+        params = ConversionOptions(**knobs)
+    elif knobs:
+        raise TypeError("give params or option names, not both")
     model = _resolve_model_file(sid0, settings, (".pth", ".npz"))
     voice_files = [model]
     if file_index2:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -31,6 +31,7 @@ from agents.converter.models import (
 )
 from agents.voice import world
 from schemas.events import ConversionOptions, ConversionQuality
+from schemas.vocabulary import WORLD_F0_METHODS, VoiceKind
 from streams.device import resolve_device
 from streams.errors import StageError
 from streams.logging import get_logger
@@ -38,7 +39,6 @@ from streams.settings import Settings
 
 log = get_logger(__name__)
 
-Backend = Literal["rvc", "world"]
 ProgressFn = Callable[[float, str], None]
 
 # Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
@@ -52,7 +52,7 @@ def _no_progress(fraction: float, message: str) -> None:
 @dataclass(frozen=True)
 class ConversionResult:
     path: Path  # FLAC at ``sample_rate``
-    backend: Backend
+    backend: VoiceKind
     sample_rate: int
     duration_s: float
     semitones: int = 0  # the key applied
@@ -65,7 +65,7 @@ class VoiceFiles:
 
     model: Path
     index: Path | None
-    backend: Backend
+    backend: VoiceKind
 
 
 def find_voice_files(voice_dir_or_files: Path | Sequence[Path]) -> VoiceFiles:
@@ -240,7 +240,7 @@ def convert_vocals(
         log.info("converting with the WORLD fallback voice", backend=world.BACKEND)
         # WORLD's analysis: FCPE + StoneMask (+ DIO where FCPE hears nothing) unless a WORLD
         # tracker is asked for by name.
-        f0_method = params.f0_method if params.f0_method in ("harvest", "dio") else "fcpe"
+        f0_method = params.f0_method if params.f0_method in WORLD_F0_METHODS else "fcpe"
         converted, report = world.convert_world_with_report(
             vocals,
             sr,

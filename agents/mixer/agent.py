@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agents.mixer.encode import content_type
-from agents.mixer.mix import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from agents.mixer.stage import MixResult, measure_track, mix_track
 from schemas.events import StageRecord, TrackReady, VocalsConverted
+from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from streams.keys import track_key
 from streams.logging import get_logger
 from streams.stage import StageContext, fetch

@@ -21,6 +21,7 @@ import torchaudio.functional
 
 from agents.mixer.effects import apply_chain, get_effect, vocal_chain
 from schemas.events import MixOptions
+from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, STEM_ROLES, VOCALS
 from streams.errors import StageError
 from streams.logging import get_logger
 
@@ -29,10 +30,7 @@ log = get_logger(__name__)
 # The one place the tolerance is written: more than this between stems is 'stem_mismatch'.
 STEM_LENGTH_TOLERANCE_S = 0.5
 
-VOCALS = "vocals"
-BACKING_VOCALS = "backing_vocals"
-ACCOMPANIMENT = "accompaniment"
-STEM_NAMES = (VOCALS, BACKING_VOCALS, ACCOMPANIMENT)
+STEM_NAMES = STEM_ROLES
 # The mix is stereo; mono stems are placed in the centre.
 CHANNELS = 2
 

@@ -26,16 +26,13 @@ from agents.separator.backends import (
 from agents.separator.chunking import FlacStemWriter, ProcessFn, WavReader, run_chunked
 from agents.separator.decode import decode
 from schemas.events import SeparatorOptions
+from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from streams.errors import StageError
 from streams.logging import get_logger
 from streams.settings import Settings
 from streams.stage import ProgressFn
 
 log = get_logger(__name__)
-
-VOCALS = "vocals"
-ACCOMPANIMENT = "accompaniment"
-BACKING_VOCALS = "backing_vocals"
 
 # Vocal chain steps, in the order they run: clean the voice first, split lead/backing last.
 DENOISE = "denoise"

@@ -37,13 +37,8 @@ LOCK_POLL_S = 2.0
 
 
 def training_config(event: VocalsSeparated, ctx: StageContext) -> VoiceTrainingConfig:
-    voice = event.options.voice
-    return VoiceTrainingConfig(
-        sample_rate=voice.sample_rate,
-        f0_method=voice.f0_method,
-        epochs=voice.epochs,
-        batch_size=voice.batch_size,
-        model_size=ctx.settings.train_model_size,
+    return VoiceTrainingConfig.from_options(
+        event.options.voice, model_size=ctx.settings.train_model_size
     )
 
 

@@ -33,7 +33,7 @@ from agents.trainer.preprocess import (
     WAVS_16K_DIR,
 )
 from agents.voice.content import ContentEncoder
-from agents.voice.f0 import F0Extractor, coarse_f0, get_f0_extractor
+from agents.voice.f0 import CrepeModel, F0Extractor, coarse_f0, get_f0_extractor
 from streams.errors import StageError
 from streams.logging import get_logger
 
@@ -112,7 +112,7 @@ def extract_features(
     *,
     rmvpe_path: Path | None = None,
     device: str = "cpu",
-    crepe_model: str | None = None,
+    crepe_model: CrepeModel | None = None,
     overwrite: bool = False,
 ) -> FeaturesReport:
     """Pitch (unless ``f0_method`` is None: a pitchless model) and content features (unless

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents.trainer.profile import learn_profile_file
+from schemas.events import VoiceOptions
+from schemas.vocabulary import F0Method, SampleRate, VoiceKind
 from streams.errors import StageError
 from streams.logging import get_logger
 from streams.settings import Settings
@@ -21,7 +23,6 @@ from streams.settings import Settings
 log = get_logger(__name__)
 
 ProgressFn = Callable[[float, str], None]
-VoiceKind = Literal["rvc", "world"]
 
 MODEL_FILE = "model.pth"
 INDEX_FILE = "model.index"
@@ -32,19 +33,33 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VoiceTrainingConfig:
-    """What decides the trained voice (part of the cache key, with the dataset bytes)."""
+    """What decides the trained voice (part of the cache key, with the dataset bytes). The job's
+    choices (sample rate, pitch method, epochs, batch size) come from :class:`VoiceOptions`,
+    whose defaults are the product's: :meth:`from_options`."""
 
-    sample_rate: Literal["32k", "40k", "48k"] = "40k"
+    sample_rate: SampleRate
     version: Literal["v1", "v2"] = "v2"
-    f0_method: str = "rmvpe"
-    epochs: int = 20
-    batch_size: int = 4
+    f0_method: F0Method
+    epochs: int
+    batch_size: int
     pretrained_g: str | None = None
     pretrained_d: str | None = None
     model_size: Literal["full", "tiny"] = "full"
     seed: int = 1234
+
+    @classmethod
+    def from_options(cls, voice: VoiceOptions, **fields: Any) -> VoiceTrainingConfig:
+        """The config for the job's voice options; ``fields`` set the rest (``model_size``,
+        ``pretrained_g`` ...)."""
+        return cls(
+            sample_rate=voice.sample_rate,
+            f0_method=voice.f0_method,
+            epochs=voice.epochs,
+            batch_size=voice.batch_size,
+            **fields,
+        )
 
     def key_params(self, kind: VoiceKind, rmvpe_path: Path | None = None) -> dict[str, Any]:
         if kind == "world":  # the profile depends on the audio alone

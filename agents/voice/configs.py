@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from schemas.vocabulary import SAMPLE_RATE_HZ, SampleRate
+
 Version = Literal["v1", "v2"]
-SampleRateName = Literal["32k", "40k", "48k"]
+SampleRateName = SampleRate
 ModelSize = Literal["full", "tiny"]
 
-SAMPLE_RATES: dict[str, int] = {"32k": 32000, "40k": 40000, "48k": 48000}
+SAMPLE_RATES: dict[str, int] = dict(SAMPLE_RATE_HZ)
 
 # Content-feature width per model version (v1: HuBERT layer 9 + projection; v2: layer 12).
 PHONE_DIMS: dict[str, int] = {"v1": 256, "v2": 768}

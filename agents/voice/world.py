@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from agents.voice.segments import quiet_cut_points, spans
+from schemas.vocabulary import WORLD_F0_METHODS
 from streams.errors import StageError
 from streams.logging import get_logger
 
@@ -52,7 +53,7 @@ F0_FLOOR_HZ = 50.0
 F0_CEIL_HZ = 1400.0
 # 'fcpe' (default): FCPE's track (its weights ship in torchfcpe) refined by StoneMask, with DIO
 # filling frames FCPE leaves unvoiced; DIO and Harvest alone lose high notes.
-F0_METHODS = ("fcpe", "dio", "harvest")
+F0_METHODS = WORLD_F0_METHODS
 # Frames this far below a piece's loudest are rests: no pitch there, whatever a tracker says.
 F0_LEVEL_FLOOR_DB = 50.0
 # The pitch histogram behind a profile's median: 10-cent bins from F0_FLOOR_HZ up.

@@ -67,7 +67,6 @@ class ModelEntry(BaseModel):
     setting: SettingName | None = Field(
         None, description="The setting this file is the default of when present."
     )
-    used_by: list[str] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list, description="Other entries it needs.")
     note: str | None = None
     origin: Origin = "user"
@@ -129,6 +128,9 @@ def parse_entries(text: str, origin: Origin, source: str) -> list[ModelEntry]:
     for item in raw:
         if isinstance(item, dict):
             item.pop("origin", None)  # set here, never by the file
+            # Which stages use a file follows from its kind (agents/registry.py declares the kinds
+            # each stage reads); a manifest written when entries named stages still loads.
+            item.pop("used_by", None)
     try:
         entries = _ENTRIES.validate_python(raw)
     except ValidationError as exc:
@@ -202,7 +204,6 @@ class _Catalogue:
                         kind=_kind_of(name),
                         url=url,
                         licence=_VIP_LICENCE if name in self.vip else _UVR_LICENCE,
-                        used_by=["separator"],
                         requires=self.requires.get(name, []),
                         note=self.notes.get(name),
                         origin=origin,

@@ -160,6 +160,7 @@ def test_no_forbidden_import_in_the_project() -> None:
         ("agents.voice.f0.rmvpe", "from ...trainer.features import extract"),
         ("agents.voice", "from frontends.local import run_cover"),
         ("agents.registry", "from agents.mixer import agent"),
+        ("schemas.vocabulary", "from agents.voice.f0 import F0_REGISTRY"),
     ],
 )
 def test_a_forbidden_import_is_found(module: str, source: str) -> None:
@@ -179,6 +180,8 @@ def test_a_forbidden_import_is_found(module: str, source: str) -> None:
         ("streams.runner", "from schemas.events import Event\nimport faust"),
         ("schemas.export", "from schemas.flow import STAGES"),
         ("agents.registry", "from streams.stage import load_handler"),
+        ("agents.registry", "from streams.models.manifest import Kind"),
+        ("agents.voice.f0", "from schemas.vocabulary import F0_METHODS"),
         ("tests.stages", "from agents.mixer.agent import handle\nfrom frontends import cli"),
         ("bench.convert", "from agents.converter.pipeline import convert_audio16k"),
     ],

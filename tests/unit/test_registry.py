@@ -48,3 +48,18 @@ def test_an_unknown_stage_names_the_choices() -> None:
 def test_a_handler_spec_needs_a_module_and_a_function(spec: str) -> None:
     with pytest.raises(ValueError, match=r"package\.module:function"):
         load_handler(spec)
+
+
+def test_the_model_kinds_a_stage_reads_are_the_manifests_kinds() -> None:
+    from typing import get_args
+
+    from streams.models.manifest import Kind, builtin_entries
+
+    kinds = set(get_args(Kind))
+    for declaration in registry.STAGES:
+        assert set(declaration.models) <= kinds, declaration.name
+    # every built-in model file is read by some stage
+    assert {e.kind for e in builtin_entries()} <= {k for s in registry.STAGES for k in s.models}
+    assert registry.stages_using("content-encoder") == ("trainer", "converter")
+    assert registry.stages_using("pretrained") == ("trainer",)
+    assert registry.stages_using("separation") == ("separator",)

@@ -346,3 +346,13 @@ def test_a_replayed_input_is_a_duplicate_at_every_stage(tmp_path: Path) -> None:
         assert len(list(store.list(f"jobs/job-r/duplicates/{name}/"))) == 1, name
     ready = [v for t, _, v, _ in emitter.sent if t == "track.ready"]
     assert len(ready) == 2 and json.loads(ready[0])["event_id"] == json.loads(ready[1])["event_id"]
+
+
+def test_retriability_is_the_codes_alone() -> None:
+    from streams.errors import ERROR_CODES, RETRIABLE_CODES, is_retriable
+
+    for code in ERROR_CODES:
+        assert StageError(code, "x").retriable is (code in RETRIABLE_CODES) is is_retriable(code)
+    assert TransientError("timeout", "x").retriable
+    with pytest.raises(ValueError, match="not retriable"):
+        TransientError("not_audio", "x")

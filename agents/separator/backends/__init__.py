@@ -3,18 +3,25 @@
 ``'spleeter'`` is the bundled default; a name ending in a UVR model suffix (``.onnx``, ``.pth``,
 ``.ckpt``, ``.yaml``, ``.th``) is a UVR model file in ``<model_dir>/uvr`` run by audio-separator.
 Loaded backends are kept (a few at a time) so a worker loads each model once, not once per song.
+
+Each backend module has ``create(model, model_dir, device) -> SeparationBackend``; the registry
+below names it per backend kind (the vocabulary's ``SEPARATION_BACKENDS``, held equal by a test),
+so a new model family is its module, its line here and its name in ``schemas/vocabulary.py``.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems, fit_frames
+from schemas.vocabulary import SeparationBackendKind
 from streams.errors import StageError
 
 __all__ = [
+    "BACKEND_REGISTRY",
     "SAMPLE_RATE",
     "SeparationBackend",
     "Stems",
@@ -23,19 +30,26 @@ __all__ = [
     "load_backend",
 ]
 
-SPLEETER = "spleeter"
-A_CAPPELLA = "a_cappella"
+BACKEND_REGISTRY: dict[SeparationBackendKind, str] = {
+    "spleeter": "agents.separator.backends.spleeter:create",
+    "a_cappella": "agents.separator.backends.a_cappella:create",
+    "uvr": "agents.separator.backends.uvr:create",
+}
+SPLEETER: SeparationBackendKind = "spleeter"
+A_CAPPELLA: SeparationBackendKind = "a_cappella"
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple[str, str, str], SeparationBackend] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def backend_kind(model: str) -> str:
+def backend_kind(model: str) -> SeparationBackendKind:
     """``'spleeter'``, ``'a_cappella'`` or ``'uvr'`` for a model name; unknown names are refused."""
     from agents.separator.backends.uvr import is_uvr_model
 
-    if model in (SPLEETER, A_CAPPELLA):
-        return model
+    if model == SPLEETER:
+        return SPLEETER
+    if model == A_CAPPELLA:
+        return A_CAPPELLA
     if is_uvr_model(model):
         return "uvr"
     raise StageError(
@@ -46,19 +60,11 @@ def backend_kind(model: str) -> str:
 
 
 def _create(model: str, model_dir: Path, device: str) -> SeparationBackend:
-    kind = backend_kind(model)
-    if kind == SPLEETER:
-        from agents.separator.backends.spleeter import SpleeterBackend
-
-        return SpleeterBackend(device=device)
-    if kind == A_CAPPELLA:
-        from agents.separator.backends.a_cappella import ACappellaBackend
-
-        return ACappellaBackend()
-    from agents.separator.backends.uvr import UvrBackend
-
-    # audio-separator picks its own execution provider (CUDA when onnxruntime/torch see it).
-    return UvrBackend(model, model_dir)
+    module, function = BACKEND_REGISTRY[backend_kind(model)].split(":")
+    backend: SeparationBackend = getattr(importlib.import_module(module), function)(
+        model, model_dir, device
+    )
+    return backend
 
 
 def load_backend(model: str, model_dir: Path, device: str = "cpu") -> SeparationBackend:

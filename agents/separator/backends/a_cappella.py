@@ -5,14 +5,21 @@ Running it through the same chunked writer as real models keeps one code path fo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from agents.separator.backends.base import Stems
+from schemas.vocabulary import ACCOMPANIMENT, VOCALS
 
 
 class ACappellaBackend:
     name = "a_cappella"
-    stems = ("vocals", "accompaniment")
+    stems = (VOCALS, ACCOMPANIMENT)
 
     def separate(self, audio: np.ndarray) -> Stems:
-        return {"vocals": audio, "accompaniment": np.zeros_like(audio)}
+        return {VOCALS: audio, ACCOMPANIMENT: np.zeros_like(audio)}
+
+
+def create(model: str, model_dir: Path, device: str) -> ACappellaBackend:
+    return ACappellaBackend()

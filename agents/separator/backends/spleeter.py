@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from agents.separator.backends.base import Stems
+from schemas.vocabulary import ACCOMPANIMENT, VOCALS
 
 # Spleeter's STFT and model geometry (fixed by the trained weights).
 N_FFT = 4096
@@ -52,7 +53,7 @@ def _load_unet(path: Path) -> torch.nn.Module:
 
 class SpleeterBackend:
     name = "spleeter"
-    stems = ("vocals", "accompaniment")
+    stems = (VOCALS, ACCOMPANIMENT)
 
     def __init__(self, checkpoints: tuple[Path, Path] | None = None, device: str = "cpu") -> None:
         vocals_ckpt, accompaniment_ckpt = checkpoints or bundled_checkpoints()
@@ -114,3 +115,7 @@ class SpleeterBackend:
             )
             out[stem] = stem_wave.T.contiguous().cpu().numpy().astype(np.float32)
         return out
+
+
+def create(model: str, model_dir: Path, device: str) -> SpleeterBackend:
+    return SpleeterBackend(device=device)

@@ -177,3 +177,8 @@ class UvrBackend:
 
     def __del__(self) -> None:
         self.close()
+
+
+def create(model: str, model_dir: Path, device: str) -> UvrBackend:
+    # audio-separator picks its own execution provider (CUDA when onnxruntime/torch see it).
+    return UvrBackend(model, model_dir)

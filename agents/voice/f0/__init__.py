@@ -10,6 +10,7 @@ Methods: ``harvest`` and ``dio`` (WORLD), ``pm`` (numpy autocorrelation), ``crep
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from agents.voice.f0.base import (
@@ -17,25 +18,42 @@ from agents.voice.f0.base import (
     F0_MIN,
     HOP,
     SAMPLE_RATE,
+    CrepeModel,
     F0Extractor,
+    F0Setup,
     coarse_f0,
     interpolate_unvoiced,
     median_filter_f0,
     natural_length,
     shift_f0,
 )
+from schemas.vocabulary import F0_METHODS, F0Method
 
-F0_METHODS = ("harvest", "dio", "pm", "crepe", "crepe-tiny", "fcpe", "rmvpe")
+# The registry: each method's ``create(setup) -> F0Extractor``, as ``module:function``, imported
+# only when the method is picked. Its keys are the vocabulary's F0_METHODS (a test holds them
+# equal): a new method is its module, its line here and its name in schemas/vocabulary.py.
+F0_REGISTRY: dict[F0Method, str] = {
+    "rmvpe": "agents.voice.f0.rmvpe:create",
+    "harvest": "agents.voice.f0.harvest:create",
+    "dio": "agents.voice.f0.dio:create",
+    "pm": "agents.voice.f0.pm:create",
+    "crepe": "agents.voice.f0.crepe:create",
+    "crepe-tiny": "agents.voice.f0.crepe:create_tiny",
+    "fcpe": "agents.voice.f0.fcpe:create",
+}
 # RVC's recommended method needs weights we cannot ship; FCPE's ship in its wheel.
-RMVPE_STAND_IN = "fcpe"
+RMVPE_STAND_IN: F0Method = "fcpe"
 
 __all__ = [
     "F0_MAX",
     "F0_METHODS",
     "F0_MIN",
+    "F0_REGISTRY",
     "HOP",
     "SAMPLE_RATE",
+    "CrepeModel",
     "F0Extractor",
+    "F0Setup",
     "coarse_f0",
     "get_f0_extractor",
     "interpolate_unvoiced",
@@ -59,7 +77,7 @@ def get_f0_extractor(
     *,
     rmvpe_path: Path | None = None,
     device: str = "cpu",
-    crepe_model: str | None = None,
+    crepe_model: CrepeModel | None = None,
 ) -> F0Extractor:
     """The extractor called ``name`` (case-insensitive).
 
@@ -67,30 +85,12 @@ def get_f0_extractor(
     always uses 'tiny'. An unknown name is a ``ValueError`` (job options are validated against
     :data:`F0_METHODS` before any work).
     """
-    key = name.strip().lower()
-    if key == "harvest":
-        from agents.voice.f0.harvest import HarvestExtractor
-
-        return HarvestExtractor()
-    if key == "dio":
-        from agents.voice.f0.dio import DioExtractor
-
-        return DioExtractor()
-    if key == "pm":
-        from agents.voice.f0.pm import PmExtractor
-
-        return PmExtractor()
-    if key in ("crepe", "crepe-tiny", "crepe_tiny"):
-        from agents.voice.f0.crepe import CrepeExtractor
-
-        model = "tiny" if key != "crepe" else (crepe_model or "full")
-        return CrepeExtractor(model=model, device=device)  # type: ignore[arg-type]
-    if key == "fcpe":
-        from agents.voice.f0.fcpe import FcpeExtractor
-
-        return FcpeExtractor(device=device)
-    if key == "rmvpe":
-        from agents.voice.f0.rmvpe import RmvpeExtractor
-
-        return RmvpeExtractor(rmvpe_path, device=device)
-    raise ValueError(f"unknown f0 method {name!r}; choose one of {', '.join(F0_METHODS)}")
+    target = F0_REGISTRY.get(name.strip().lower())  # type: ignore[call-overload]
+    if target is None:
+        raise ValueError(f"unknown f0 method {name!r}; choose one of {', '.join(F0_METHODS)}")
+    module, function = target.split(":")
+    create = getattr(importlib.import_module(module), function)
+    extractor: F0Extractor = create(
+        F0Setup(rmvpe_path=rmvpe_path, device=device, crepe_model=crepe_model)
+    )
+    return extractor

@@ -8,7 +8,9 @@ frames, and lies in [:data:`F0_MIN`, :data:`F0_MAX`].
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from scipy import signal
@@ -32,6 +34,19 @@ class F0Extractor(Protocol):
         """Hz per frame (float32), 0 when unvoiced; ``p_len`` frames when given, else
         ``len(audio16k) // 160 + 1``."""
         ...
+
+
+CrepeModel = Literal["tiny", "full"]
+
+
+@dataclass(frozen=True)
+class F0Setup:
+    """What a method may need besides audio: each module's ``create(setup)`` takes what it uses."""
+
+    rmvpe_path: Path | None = None
+    device: str = "cpu"
+    #: the model size of ``crepe`` (``crepe-tiny`` is always 'tiny'); None: 'full'
+    crepe_model: CrepeModel | None = None
 
 
 def natural_length(n_samples: int) -> int:

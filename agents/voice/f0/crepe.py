@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
-from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, as_audio16k, finish
+from agents.voice.f0.base import (
+    F0_MAX,
+    F0_MIN,
+    HOP,
+    SAMPLE_RATE,
+    CrepeModel,
+    F0Setup,
+    as_audio16k,
+    finish,
+)
 
-CrepeModel = Literal["tiny", "full"]
 PERIODICITY_THRESHOLD = 0.1
 """Frames with a smoothed periodicity below this are unvoiced (RVC's value)."""
 
@@ -46,3 +52,11 @@ class CrepeExtractor:
             f0 = torchcrepe.filter.mean(f0, 3)
             f0 = torch.where(periodicity < PERIODICITY_THRESHOLD, torch.zeros_like(f0), f0)
         return finish(f0[0].cpu().numpy(), x.shape[0], p_len)
+
+
+def create(setup: F0Setup) -> CrepeExtractor:
+    return CrepeExtractor(model=setup.crepe_model or "full", device=setup.device)
+
+
+def create_tiny(setup: F0Setup) -> CrepeExtractor:
+    return CrepeExtractor(model="tiny", device=setup.device)

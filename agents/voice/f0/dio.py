@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyworld
 
-from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, as_audio16k, finish
+from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish
 
 
 class DioExtractor:
@@ -19,3 +19,7 @@ class DioExtractor:
         )
         f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
         return finish(f0, x.shape[0], p_len)
+
+
+def create(setup: F0Setup) -> DioExtractor:
+    return DioExtractor()

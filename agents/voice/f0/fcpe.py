@@ -13,6 +13,7 @@ from agents.voice.f0.base import (
     F0_MAX,
     F0_MIN,
     SAMPLE_RATE,
+    F0Setup,
     as_audio16k,
     finish,
     in_chunks,
@@ -61,3 +62,7 @@ class FcpeExtractor:
                 output_interp_target_length=natural_length(x.shape[0]),
             )
         return f0.reshape(-1).cpu().numpy()
+
+
+def create(setup: F0Setup) -> FcpeExtractor:
+    return FcpeExtractor(device=setup.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, as_audio16k, finish
+from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish
 
 VOICING_THRESHOLD = 0.6
 SILENCE_THRESHOLD = 0.03
@@ -70,3 +70,7 @@ class PmExtractor:
         lag = lo + pick + np.clip(offset, -0.5, 0.5)
         voiced = loud & np.isfinite(best) & (centre >= VOICING_THRESHOLD)
         return np.where(voiced, SAMPLE_RATE / lag, 0.0)
+
+
+def create(setup: F0Setup) -> PmExtractor:
+    return PmExtractor()

@@ -20,7 +20,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from agents.voice.content import refused_for_code
-from agents.voice.f0.base import HOP, SAMPLE_RATE, as_audio16k, finish, in_chunks
+from agents.voice.f0.base import HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish, in_chunks
 from streams.errors import StageError
 from streams.logging import get_logger
 
@@ -362,3 +362,7 @@ class RmvpeExtractor:
         if x.shape[0] < N_FFT // 2 + 1:  # reflect padding needs half a window of audio
             x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))
         return salience_to_f0(self.salience(x))
+
+
+def create(setup: F0Setup) -> RmvpeExtractor:
+    return RmvpeExtractor(setup.rmvpe_path, device=setup.device)
