@@ -339,14 +339,12 @@ class Runner:
         A redelivery (worker crash, replay, re-publish) costs one lookup: the handler finds its
         outputs in place. Each one is also kept beside the job, for operators and tests.
         """
-        prefix = keylayout.job_prefix(event.job_id)
-        name = self.stage.stage
+        job_id, name, event_id = event.job_id, self.stage.stage, event.event_id
         try:
-            if self.store.put_if_absent(f"{prefix}seen/{name}/{event.event_id}", b""):
+            if self.store.put_if_absent(keylayout.seen_key(job_id, name, event_id), b""):
                 return False
-            self.store.put_bytes(
-                f"{prefix}duplicates/{name}/{event.event_id}-{uuid.uuid4().hex[:8]}", b""
-            )
+            nonce = uuid.uuid4().hex[:8]
+            self.store.put_bytes(keylayout.duplicate_key(job_id, name, event_id, nonce), b"")
         except TransientStoreError:
             return False  # the handler meets the same outage and retries it
         except Exception as exc:  # bookkeeping only: it must never keep the event from an answer

@@ -9,13 +9,14 @@ the same dataset instead, and says so: ``kind`` is ``'world'``, never ``'rvc'``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from agents.trainer.profile import learn_profile_file
 from streams.errors import StageError
 from streams.logging import get_logger
+from streams.outputs import OutputParams
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -46,14 +47,24 @@ class VoiceTrainingConfig:
     model_size: Literal["full", "tiny"] = "full"
     seed: int = 1234
 
-    def key_params(self, kind: VoiceKind, rmvpe_path: Path | None = None) -> dict[str, Any]:
-        if kind == "world":  # the profile depends on the audio alone
-            return {"kind": "world"}
+
+class VoiceParams(OutputParams):
+    """What decides the trained voice besides the dataset's bytes and the code version."""
+
+    kind: VoiceKind
+    training: VoiceTrainingConfig | None = None  # RVC only: a profile depends on the audio alone
+
+    @classmethod
+    def of(
+        cls, config: VoiceTrainingConfig, kind: VoiceKind, rmvpe_path: Path | None = None
+    ) -> VoiceParams:
+        if kind == "world":
+            return cls(kind="world")
         from agents.voice.f0 import resolve_f0_method
 
         # The method that actually runs decides the model, not the one asked for.
-        method = resolve_f0_method(self.f0_method, rmvpe_path)
-        return {"kind": "rvc", **asdict(self), "f0_method": method}
+        method = resolve_f0_method(config.f0_method, rmvpe_path)
+        return cls(kind="rvc", training=replace(config, f0_method=method))
 
 
 @dataclass
