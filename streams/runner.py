@@ -126,6 +126,9 @@ class Runner:
     on_busy: Callable[[str | None], None] = lambda job_id: None
     #: which S3 keys an event may name; built from the settings when not given
     policy: KeyPolicy | None = None
+    #: False: no stage call times out (the one-process cover, where the person waiting at the
+    #: terminal can stop it; a worker always bounds its calls by SINGTOME_STAGE_TIMEOUT_S)
+    bounded: bool = True
     # whether the message in hand has been answered (one message at a time per runner)
     _answered: bool = field(default=False, init=False, repr=False)
     #: a stage call that outlived its timeout, while it may still be running (the worker
@@ -376,9 +379,8 @@ class Runner:
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # shield: a timeout must not cancel the future, so that its end stays observable
-            return await asyncio.wait_for(
-                asyncio.shield(waiting), timeout=self.settings.stage_timeout_s
-            )
+            timeout = self.settings.stage_timeout_s if self.bounded else None
+            return await asyncio.wait_for(asyncio.shield(waiting), timeout=timeout)
         except TimeoutError:
             answered.set()
             if not call.done():
