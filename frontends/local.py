@@ -1,32 +1,55 @@
 """The whole pipeline in one process, without a broker: `singtome cover`.
 
-The same stage handlers the workers run (the stage registry's, in pipeline order) are called one
-after the other, on a local folder used as the object store, so a musician with one laptop gets the
-same cover (and the same cache: a second cover with the same voice reuses the trained voice; the
-same song reuses its stems). Nothing here imports Faust or the Kafka worker.
+The same stage handlers the workers run (the stage registry's, in pipeline order) are run one after
+the other by the workers' own per-event runner (:class:`streams.runner.Runner`: the key policy,
+duplicate marks, job state, retries of transient errors, error codes), on a local folder used as
+the object store, with an in-process emitter in place of the broker. A musician with one laptop
+gets the same cover (and the same cache: a second cover with the same voice reuses the trained
+voice; the same song reuses its stems) and the same answers to bad input. Nothing here imports
+Faust or the Kafka worker.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agents.registry import STAGES
-from schemas.events import Event, JobOptions, StageRecord, TrackReady
+from schemas.events import Event, JobOptions, JobProgress, TrackReady, encode
+from schemas.flow import STAGES as FLOW
 from streams.client import upload_job
-from streams.keypolicy import KeyPolicy
-from streams.keys import job_event_key
+from streams.errors import StageError, TransientError
+from streams.metrics import Metrics
+from streams.runner import Outcome, Runner
 from streams.settings import Settings
-from streams.stage import StageContext
-from streams.store import LocalStore, put_json
+from streams.store import LocalStore
+from streams.topics import JOB_PROGRESS
 
 StageProgress = Callable[[str, float, str], None]
 
 
 def _no_progress(stage: str, fraction: float, message: str) -> None:
     return None
+
+
+class LocalEmitter:
+    """The broker of the one-process cover: ``job.progress`` goes to the caller's progress
+    function; every other message (a stage's answer, ``track.failed``, a DLQ copy) is kept."""
+
+    def __init__(self, progress: StageProgress) -> None:
+        self.progress = progress
+        self.sent: list[tuple[str, str, bytes | None]] = []
+
+    async def send(
+        self, topic: str, key: str, value: bytes | None, headers: dict[str, bytes] | None = None
+    ) -> None:
+        if topic == JOB_PROGRESS and value is not None:
+            update = JobProgress.model_validate_json(value)
+            self.progress(update.stage, update.fraction, update.message)
+            return
+        self.sent.append((topic, key, value))
 
 
 def run_cover(
@@ -43,11 +66,10 @@ def run_cover(
 ) -> tuple[TrackReady, Path]:
     """Run every stage on ``song``; returns ``track.ready`` and the track's path on disk.
 
-    A stage's bad input raises :class:`streams.errors.StageError` (code + message), as the
-    workers would answer with ``track.failed``.
+    A stage's failure raises :class:`streams.errors.StageError` with the code and message of the
+    ``track.failed`` a worker would answer (:class:`~streams.errors.TransientError` when that
+    answer is retriable).
     """
-    from datetime import UTC, datetime
-
     store = LocalStore(store_dir)
     event: Event = upload_job(
         store,
@@ -59,39 +81,40 @@ def run_cover(
         job_id=job_id,
         upload_prefix=settings.upload_prefix,
     )
-    options = event.options
-    job_id = event.job_id
-    policy = KeyPolicy(settings)  # the same key policy as the workers'
-    for declaration in STAGES:
-        name = declaration.name
-        policy.check_event(event)
-        handler = declaration.load()
-        workdir = Path(tempfile.mkdtemp(prefix=f"singtome-{name}-"))
-        ctx = StageContext(
-            stage=name,
-            settings=settings,
-            store=policy.store_for(store, job_id, workdir),
-            workdir=workdir,
-            progress=lambda f, m, name=name: progress(name, f, m),  # type: ignore[misc]
-            force=options.force,
-        )
-        started = datetime.now(UTC)
-        progress(name, 0.0, "started")
-        try:
-            output = handler(event, ctx)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        output.history = [
-            *event.history,
-            StageRecord(
-                stage=name,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                cache_hit=bool(getattr(output, "cache_hit", False)),
-            ),
-        ]
-        put_json(store, job_event_key(job_id, output.topic), output.model_dump(mode="json"))
-        progress(name, 1.0, "done")
-        event = output
+    emitter = LocalEmitter(progress)
+    metrics = Metrics()
+    stage_calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="singtome-stage")
+    state_calls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="singtome-state")
+    try:
+        for declaration in STAGES:
+            runner = Runner(
+                stage=FLOW[declaration.name],
+                handler=declaration.load(),
+                settings=settings,
+                store=store,
+                emitter=emitter,
+                metrics=metrics,
+                executor=stage_calls,
+                state_executor=state_calls,
+                bounded=False,
+            )
+            progress(declaration.name, 0.0, "started")
+            outcome = asyncio.run(runner.process(encode(event), event.job_id.encode()))
+            event = _answer(outcome)
+            progress(declaration.name, 1.0, "done")
+    finally:
+        stage_calls.shutdown(wait=False)
+        state_calls.shutdown(wait=False)
     assert isinstance(event, TrackReady)
     return event, store.root / event.track_key
+
+
+def _answer(outcome: Outcome) -> Event:
+    """The stage's output event; its ``track.failed`` raised as a StageError."""
+    if outcome.output is not None:
+        return outcome.output
+    failure = outcome.failure
+    if failure is None:
+        raise StageError("internal_error", "the stage gave neither an answer nor a failure")
+    error = TransientError if failure.retriable else StageError
+    raise error(failure.code, failure.message)

@@ -87,7 +87,7 @@ KEY_POLICY_DOC = (
     "segment, no empty segment, no control character or backslash, at most 1024 UTF-8 bytes) and "
     "lies in a namespace the job may read: its own upload prefix (default uploads/<job_id>/, "
     "SINGTOME_UPLOAD_PREFIX), the content-addressed outputs the pipeline writes itself "
-    "(stems/<sha256>/, voices/<sha256>/, converted/<sha256>/, and tracks/<job_id>/), or a shared "
+    "(stems/<sha256>/, voices/<sha256>/, converted/<sha256>/ and tracks/<sha256>/), or a shared "
     "voice-model prefix the operator configured (SINGTOME_SHARED_MODEL_PREFIXES). A key outside "
     "these is answered with track.failed code forbidden_key; a key that is not in normal form or "
     "that S3 refuses, with invalid_key. Neither is retriable."

@@ -83,10 +83,12 @@ def upload_voice_dataset(
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ValueError(f"no audio files in {folder} (looked for {sorted(AUDIO_SUFFIXES)})")
-    prefix = keylayout.upload_prefix(job_id, upload_prefix) + "voice/"
     for path in files:
-        store.put_file(prefix + path.relative_to(folder).as_posix(), path)
-    return prefix
+        key = keylayout.upload_dataset_key(
+            job_id, path.relative_to(folder).as_posix(), upload_prefix
+        )
+        store.put_file(key, path)
+    return keylayout.upload_dataset_prefix(job_id, upload_prefix)
 
 
 def upload_job(
@@ -111,12 +113,15 @@ def upload_job(
     store.put_file(song_key, song)
     if voice_dir is not None:
         options.voice.dataset_key = upload_voice_dataset(store, job_id, voice_dir, upload_prefix)
-    models = keylayout.upload_prefix(job_id, upload_prefix) + "model/"
     if voice_model is not None:
-        options.voice.model_key = models + voice_model.name
+        options.voice.model_key = keylayout.upload_model_key(
+            job_id, voice_model.name, upload_prefix
+        )
         store.put_file(options.voice.model_key, voice_model)
         if voice_index is not None:
-            options.voice.index_key = models + voice_index.name
+            options.voice.index_key = keylayout.upload_model_key(
+                job_id, voice_index.name, upload_prefix
+            )
             store.put_file(options.voice.index_key, voice_index)
     return SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
 

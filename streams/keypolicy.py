@@ -4,7 +4,7 @@ A job may name (read) keys in these namespaces, and no others:
 
 - its own uploads: under ``SINGTOME_UPLOAD_PREFIX`` filled with its job id (``uploads/<job_id>/``);
 - what the pipeline writes itself, named by content: ``stems/<sha256>/``, ``voices/<sha256>/``,
-  ``converted/<sha256>/``, and the job's own ``tracks/<job_id>/``;
+  ``converted/<sha256>/`` and ``tracks/<sha256>/``;
 - the shared voice-model prefixes the operator configured (``SINGTOME_SHARED_MODEL_PREFIXES``).
 
 A key must also be in normal form (:func:`streams.keys.key_form_problem`) before any S3 call.
@@ -68,7 +68,6 @@ class KeyPolicy:
         """The literal prefixes ``job_id`` may read (besides the content-addressed ones)."""
         return (
             keylayout.upload_prefix(job_id, self.upload_pattern),
-            keylayout.track_prefix(job_id),
             *self.shared_prefixes,
         )
 
@@ -88,7 +87,7 @@ class KeyPolicy:
                 "forbidden_key",
                 f"{where}: job {job_id} may not name {_shown(key)}; it may name its own uploads "
                 f"({keylayout.upload_prefix(job_id, self.upload_pattern)}), pipeline outputs "
-                "(stems/, voices/, converted/ by digest, its tracks/) and shared model prefixes",
+                "(stems/, voices/, converted/, tracks/ by digest) and shared model prefixes",
             )
         return key
 
@@ -125,7 +124,7 @@ class JobStore:
 
     Reads (``get_*``, ``exists``, ``size``, ``list``, ``presign``) are checked against the key
     policy for the job; downloads land only inside the work dir. Writes go to keys the stage
-    derives itself (content digests, locks, the job's track) and are held to the normal form.
+    derives itself (content digests, locks) and are held to the normal form.
     """
 
     def __init__(self, store: ObjectStore, policy: KeyPolicy, job_id: str, workdir: Path) -> None:

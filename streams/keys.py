@@ -7,13 +7,21 @@ redelivered or replayed event finds its output already there and does no work tw
 Layout (bucket-relative)::
 
     uploads/<job_id>/<file name>            what `singtome submit` uploads (SINGTOME_UPLOAD_PREFIX)
+    uploads/<job_id>/voice/<path>           ... the voice dataset's recordings
+    uploads/<job_id>/model/<file name>      ... or a ready voice model (.pth + .index)
     stems/<digest>/<stem>.flac              separator outputs (vocals, accompaniment, ...)
     voices/<digest>/...                     trainer outputs (model.pth + .index, or profile.npz)
-    converted/<digest>/vocals.flac          converter output (+ backing.flac, quality.json)
-    tracks/<job_id>/<name>.<format>         mixer output, one per job
+    converted/<digest>/vocals.flac          converter output (+ backing.flac)
+    tracks/<digest>/<name>.<format>         mixer output (the cover)
+    <namespace>/<digest>/manifest.json      written last beside each output: it is complete
     jobs/<job_id>/<topic>.json              the last event of each topic for the job (job state)
-    locks/<name>                            single-writer locks (conditional put)
+    jobs/<job_id>/seen/<stage>/<event_id>   the stage has seen this event (duplicate check)
+    jobs/<job_id>/duplicates/<stage>/<event_id>-<nonce>  one per duplicate delivery
+    locks/<namespace>-<digest>              single-flight lock of one output (conditional put)
     dlq/<topic>/<partition>-<offset>-<sha>  a DLQ copy too large for the broker (claim check)
+
+Every output of a stage (the four content-addressed namespaces) is written by
+:mod:`streams.outputs`: digest, then files, then the manifest.
 
 Which of these an event may name is decided by :mod:`streams.keypolicy`; the normal form of a
 key (:func:`key_form_problem`) is written down here, beside the layout.
@@ -34,10 +42,14 @@ _CHUNK = 1 << 20
 UPLOAD_PREFIX = "uploads/{job_id}/"
 JOB_ID_PLACEHOLDER = "{job_id}"
 # Namespaces the pipeline writes itself, named by content digest (64 hex digits) ...
-STEMS, VOICES, CONVERTED = "stems", "voices", "converted"
-CONTENT_ADDRESSED = (STEMS, VOICES, CONVERTED)
-# ... and per job.
-TRACKS, JOBS, LOCKS = "tracks", "jobs", "locks"
+STEMS, VOICES, CONVERTED, TRACKS = "stems", "voices", "converted", "tracks"
+CONTENT_ADDRESSED = (STEMS, VOICES, CONVERTED, TRACKS)
+# ... and per job, or per lock.
+JOBS, LOCKS = "jobs", "locks"
+# Beside every content-addressed output, written last (see streams.outputs).
+MANIFEST = "manifest.json"
+# Under a job's upload prefix: the voice dataset's recordings and a ready voice model.
+UPLOAD_VOICE, UPLOAD_MODEL = "voice/", "model/"
 # Written by the runner only, never named by an event.
 DLQ = "dlq"
 # S3's own limit on a key.
@@ -113,40 +125,73 @@ def content_digest(
     return digest.hexdigest()
 
 
+def output_prefix(namespace: str, digest: str) -> str:
+    """The folder of one content-addressed output: ``<namespace>/<digest>/``."""
+    if namespace not in CONTENT_ADDRESSED:
+        raise ValueError(f"{namespace!r} is not a content-addressed namespace")
+    return f"{namespace}/{digest}/"
+
+
+def output_key(namespace: str, digest: str, name: str) -> str:
+    """The key of the file ``name`` of one output."""
+    return output_prefix(namespace, digest) + name
+
+
+def manifest_key(namespace: str, digest: str) -> str:
+    """Where an output's manifest lies; its presence says every file of the output is complete."""
+    return output_key(namespace, digest, MANIFEST)
+
+
+def output_lock_key(namespace: str, digest: str) -> str:
+    """The single-flight lock of one output: whoever holds it computes the output."""
+    return lock_key(f"{namespace}-{digest}")
+
+
 def stems_prefix(digest: str) -> str:
-    return f"{STEMS}/{digest}/"
+    return output_prefix(STEMS, digest)
 
 
 def stem_key(digest: str, stem: str) -> str:
-    return f"{stems_prefix(digest)}{stem}.flac"
+    return output_key(STEMS, digest, f"{stem}.flac")
 
 
 def voice_prefix(digest: str) -> str:
-    return f"{VOICES}/{digest}/"
+    return output_prefix(VOICES, digest)
+
+
+def voice_key(digest: str, name: str) -> str:
+    return output_key(VOICES, digest, name)
 
 
 def converted_key(digest: str) -> str:
-    return f"{CONVERTED}/{digest}/vocals.flac"
+    return output_key(CONVERTED, digest, "vocals.flac")
+
+
+def converted_backing_key(digest: str) -> str:
+    return output_key(CONVERTED, digest, "backing.flac")
+
+
+def track_key(digest: str, fmt: str, name: str = "cover") -> str:
+    return output_key(TRACKS, digest, f"{name}.{fmt}")
 
 
 def upload_key(job_id: str, filename: str, pattern: str = UPLOAD_PREFIX) -> str:
     return upload_prefix(job_id, pattern) + Path(filename).name
 
 
-def track_prefix(job_id: str) -> str:
-    return f"{TRACKS}/{job_id}/"
+def upload_dataset_prefix(job_id: str, pattern: str = UPLOAD_PREFIX) -> str:
+    """Where a job's voice dataset is uploaded (its ``options.voice.dataset_key``)."""
+    return upload_prefix(job_id, pattern) + UPLOAD_VOICE
 
 
-def converted_backing_key(digest: str) -> str:
-    return f"{CONVERTED}/{digest}/backing.flac"
+def upload_dataset_key(job_id: str, relative: str, pattern: str = UPLOAD_PREFIX) -> str:
+    """One recording of the dataset, at its path relative to the uploaded folder."""
+    return upload_dataset_prefix(job_id, pattern) + Path(relative).as_posix()
 
 
-def conversion_quality_key(digest: str) -> str:
-    return f"{CONVERTED}/{digest}/quality.json"
-
-
-def track_key(job_id: str, fmt: str, name: str = "cover") -> str:
-    return f"{track_prefix(job_id)}{name}.{fmt}"
+def upload_model_key(job_id: str, filename: str, pattern: str = UPLOAD_PREFIX) -> str:
+    """A ready voice model (or its index) uploaded with the job."""
+    return upload_prefix(job_id, pattern) + UPLOAD_MODEL + Path(filename).name
 
 
 def job_event_key(job_id: str, topic: str) -> str:
@@ -155,6 +200,16 @@ def job_event_key(job_id: str, topic: str) -> str:
 
 def job_prefix(job_id: str) -> str:
     return f"{JOBS}/{job_id}/"
+
+
+def seen_key(job_id: str, stage: str, event_id: str) -> str:
+    """Marks that ``stage`` has seen the event (written with a conditional put)."""
+    return f"{job_prefix(job_id)}seen/{stage}/{event_id}"
+
+
+def duplicate_key(job_id: str, stage: str, event_id: str, nonce: str) -> str:
+    """One duplicate delivery of the event to ``stage``, kept for operators and tests."""
+    return f"{job_prefix(job_id)}duplicates/{stage}/{event_id}-{nonce}"
 
 
 def lock_key(name: str) -> str:

@@ -126,6 +126,9 @@ class Runner:
     on_busy: Callable[[str | None], None] = lambda job_id: None
     #: which S3 keys an event may name; built from the settings when not given
     policy: KeyPolicy | None = None
+    #: False: no stage call times out (the one-process cover, where the person waiting at the
+    #: terminal can stop it; a worker always bounds its calls by SINGTOME_STAGE_TIMEOUT_S)
+    bounded: bool = True
     # whether the message in hand has been answered (one message at a time per runner)
     _answered: bool = field(default=False, init=False, repr=False)
     #: a stage call that outlived its timeout, while it may still be running (the worker
@@ -329,14 +332,12 @@ class Runner:
         A redelivery (worker crash, replay, re-publish) costs one lookup: the handler finds its
         outputs in place. Each one is also kept beside the job, for operators and tests.
         """
-        prefix = keylayout.job_prefix(event.job_id)
-        name = self.stage.stage
+        job_id, name, event_id = event.job_id, self.stage.stage, event.event_id
         try:
-            if self.store.put_if_absent(f"{prefix}seen/{name}/{event.event_id}", b""):
+            if self.store.put_if_absent(keylayout.seen_key(job_id, name, event_id), b""):
                 return False
-            self.store.put_bytes(
-                f"{prefix}duplicates/{name}/{event.event_id}-{uuid.uuid4().hex[:8]}", b""
-            )
+            nonce = uuid.uuid4().hex[:8]
+            self.store.put_bytes(keylayout.duplicate_key(job_id, name, event_id, nonce), b"")
         except TransientStoreError:
             return False  # the handler meets the same outage and retries it
         except Exception as exc:  # bookkeeping only: it must never keep the event from an answer
@@ -368,9 +369,8 @@ class Runner:
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # shield: a timeout must not cancel the future, so that its end stays observable
-            return await asyncio.wait_for(
-                asyncio.shield(waiting), timeout=self.settings.stage_timeout_s
-            )
+            timeout = self.settings.stage_timeout_s if self.bounded else None
+            return await asyncio.wait_for(asyncio.shield(waiting), timeout=timeout)
         except TimeoutError:
             answered.set()
             if not call.done():

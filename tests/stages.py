@@ -99,7 +99,7 @@ def converter(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
 def mixer(event: VocalsConverted, ctx: StageContext):  # type: ignore[no-untyped-def]
     from schemas.events import TrackReady
 
-    key = keylayout.track_key(event.job_id, "wav")
+    key = keylayout.track_key(_digest(ctx, event.keys.converted_vocals or ""), "wav")
     hit = _compute(ctx, event.job_id, event.keys.converted_vocals, {"track": key}, "mixed")
     keys = event.keys.model_copy(update={"track": key})
     return event.follow(

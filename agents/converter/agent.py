@@ -1,69 +1,59 @@
 """The converter's event handler: ``voice.trained`` in, ``vocals.converted`` out (no Kafka here).
 
-The output key is a hash of the vocals' bytes, the voice model's (and index's) bytes, the
-conversion parameters and the code version, so a redelivered or replayed event finds the
-converted vocals already stored and answers at once (``cache_hit``).
+The converted vocals are an output of :mod:`streams.outputs`: keyed by the vocals' bytes, the
+voice model's (and index's) bytes, the conversion parameters and the code version, so a
+redelivered or replayed event finds them already stored and answers at once (``cache_hit``). The
+voice's kind is the event's (``voice_kind``, decided by the trainer): it names the files, the
+parameters and the backend that runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import soundfile as sf
-
-from agents.converter.stage import ConversionResult, convert_vocals, measure_quality, pitch_method
+from agents.converter.stage import (
+    ConversionParams,
+    ConversionResult,
+    VoiceFiles,
+    convert_vocals,
+    measure_quality,
+)
 from schemas.events import ConversionOptions, ConversionQuality, VocalsConverted, VoiceTrained
 from streams.errors import StageError
-from streams.keys import (
-    content_digest,
-    conversion_quality_key,
-    converted_backing_key,
-    converted_key,
-    sha256_file,
-)
+from streams.keys import CONVERTED, sha256_file
 from streams.logging import get_logger
-from streams.settings import Settings
-from streams.stage import StageContext, all_exist, fetch
-from streams.store import get_json, put_json
+from streams.outputs import Output, OutputFile, Produced, plan_output, produce
+from streams.stage import StageContext, fetch
 
 log = get_logger(__name__)
 
 STAGE = "converter"
-KIND = "converted"
+
+# The files of the converted output, by role.
+VOCALS_FILE = OutputFile("vocals.flac", "audio/flac")
+BACKING_FILE = OutputFile("backing.flac", "audio/flac")
 
 
 def _suffix(key: str, default: str) -> str:
     return Path(key).suffix or default
 
 
-def _file_identity(path: Path | None) -> str | None:
-    # Configured checkpoints are large; name and size tell versions apart without hashing them.
-    if path is None:
-        return None
-    try:
-        return f"{path.name}:{path.stat().st_size}"
-    except OSError:
-        return path.name
-
-
-def conversion_params(event: VoiceTrained, settings: Settings) -> dict[str, Any]:
-    """Everything besides the input files that decides the converted audio."""
-    params: dict[str, Any] = {
-        "options": event.options.conversion.model_dump(mode="json"),
-        "backend": event.voice_kind,
-        "sample_rate": settings.stem_sample_rate,
-    }
-    if event.voice_kind == "rvc":
-        params["content_encoder"] = _file_identity(settings.hubert_path)
-        params["f0_method"] = pitch_method(event.options.conversion, settings)
-        if params["f0_method"] == "rmvpe":
-            params["rmvpe"] = _file_identity(settings.rmvpe_path)
-    return params
-
-
 # The voice dataset the similarity is measured against: at most this many of its files.
 QUALITY_DATASET_FILES = 20
+
+
+def converted_output(
+    vocals: Path, voice: VoiceFiles, backing: Path | None, event: VoiceTrained, ctx: StageContext
+) -> Output:
+    inputs = [
+        sha256_file(vocals),
+        sha256_file(voice.model),
+        sha256_file(voice.index) if voice.index else "",
+        *([sha256_file(backing)] if backing else []),
+    ]
+    files = {"vocals": VOCALS_FILE, **({"backing": BACKING_FILE} if backing else {})}
+    params = ConversionParams.of(event.options.conversion, voice.backend, ctx.settings)
+    return plan_output(CONVERTED, inputs, params, ctx.settings.code_version, files)
 
 
 def handle(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
@@ -72,11 +62,12 @@ def handle(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
         raise StageError("missing_object", "the event names no voice model (keys.voice_model)")
     vocals = fetch(ctx, keys.vocals, "vocals" + _suffix(keys.vocals or "", ".flac"))
     world_voice = event.voice_kind == "world"
-    model = fetch(ctx, keys.voice_model, "profile.npz" if world_voice else "model.pth")
-    index = (
+    voice = VoiceFiles(
+        fetch(ctx, keys.voice_model, "profile.npz" if world_voice else "model.pth"),
         fetch(ctx, keys.voice_index, "model.index")
         if keys.voice_index and not world_voice
-        else None
+        else None,
+        event.voice_kind,
     )
     conversion = event.options.conversion
     backing = (
@@ -84,79 +75,65 @@ def handle(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
         if conversion.backing and keys.backing_vocals
         else None
     )
+    output = converted_output(vocals, voice, backing, event, ctx)
 
-    digest = content_digest(
-        [
-            sha256_file(vocals),
-            sha256_file(model),
-            sha256_file(index) if index else "",
-            *([sha256_file(backing)] if backing else []),
-        ],
-        conversion_params(event, ctx.settings),
-        ctx.settings.code_version,
-        KIND,
-    )
-    key = converted_key(digest)
-    backing_key = converted_backing_key(digest) if backing else None
-    quality_key = conversion_quality_key(digest)
-    local = ctx.workdir / "converted_vocals.flac"
-
-    cache_hit = all_exist(ctx, [key, quality_key] + ([backing_key] if backing_key else []))
-    if cache_hit:
-        log.info("vocals already converted; reusing them", converted_key=key)
-        ctx.store.get_file(key, local)
-        info = sf.info(str(local))
-        backend, sample_rate, duration_s = event.voice_kind, int(info.samplerate), info.duration
-        quality = ConversionQuality.model_validate(get_json(ctx.store, quality_key))
-        ctx.progress(1.0, "vocals already converted")
-    else:
-        voice_files = [model] if index is None else [model, index]
+    def compute() -> Produced:
         share = 0.6 if backing else 0.8
         result = convert_vocals(
             vocals,
-            voice_files,
+            voice,
             conversion,
             ctx.settings,
             lambda f, m: ctx.progress(share * f, m),
-            out_path=local,
+            out_path=ctx.workdir / "converted_vocals.flac",
         )
-        ctx.store.put_file(key, result.path, "audio/flac")
-        if backing is not None and backing_key is not None:
-            _convert_backing(ctx, backing, voice_files, conversion, result, backing_key)
+        files = {"vocals": result.path}
+        if backing is not None:
+            files["backing"] = _convert_backing(ctx, backing, voice, conversion, result)
         ctx.progress(0.85, "measuring the conversion's quality")
         quality = measure_quality(
             vocals, result, _dataset_sample(event, ctx), backing_converted=backing is not None
         )
-        put_json(ctx.store, quality_key, quality.model_dump(mode="json"))
-        backend, sample_rate, duration_s = result.backend, result.sample_rate, result.duration_s
+        info = {
+            "backend": result.backend,
+            "sample_rate": result.sample_rate,
+            "duration_s": result.duration_s,
+            "quality": quality.model_dump(mode="json"),
+        }
+        return Produced(files, info)
+
+    stored = produce(ctx, output, compute)
+    info = stored.info
+    if stored.cache_hit:
+        log.info("vocals already converted; reusing them", converted_key=stored.keys["vocals"])
+        ctx.progress(1.0, "vocals already converted")
 
     return event.follow(
         VocalsConverted,
-        keys=keys.model_copy(update={"converted_vocals": key}),
-        backend=backend,
-        sample_rate=sample_rate,
-        duration_s=duration_s,
-        cache_hit=cache_hit,
-        converted_backing=backing_key,
-        quality=quality,
+        keys=keys.model_copy(update={"converted_vocals": stored.keys["vocals"]}),
+        backend=info["backend"],
+        sample_rate=int(info["sample_rate"]),
+        duration_s=float(info["duration_s"]),
+        cache_hit=stored.cache_hit,
+        converted_backing=stored.keys.get("backing"),
+        quality=ConversionQuality.model_validate(info["quality"]),
     )
 
 
 def _convert_backing(
     ctx: StageContext,
     backing: Path,
-    voice_files: list[Path],
+    voice: VoiceFiles,
     params: ConversionOptions,
     lead: ConversionResult,
-    backing_key: str,
-) -> None:
+) -> Path:
     """The backing vocals in the same voice, at exactly the lead's key (no octave of their own:
     the harmony must stay where it was relative to the lead). A silent backing stem (a song
-    without backing vocals) is stored as it is."""
+    without backing vocals) is kept as it is."""
     try:
         result = convert_vocals(
             backing,
-            voice_files,
+            voice,
             params,
             ctx.settings,
             lambda f, m: ctx.progress(0.6 + 0.2 * f, f"backing vocals: {m}"),
@@ -166,10 +143,9 @@ def _convert_backing(
     except StageError as exc:
         if exc.code != "silent_audio":
             raise
-        log.info("backing vocals are silent; kept as they are", converted_backing_key=backing_key)
-        ctx.store.put_file(backing_key, backing, "audio/flac")
-        return
-    ctx.store.put_file(backing_key, result.path, "audio/flac")
+        log.info("backing vocals are silent; kept as they are")
+        return backing
+    return result.path
 
 
 def _dataset_sample(event: VoiceTrained, ctx: StageContext) -> list[Path]:

@@ -35,6 +35,7 @@ from schemas.vocabulary import WORLD_F0_METHODS, VoiceKind
 from streams.device import resolve_device
 from streams.errors import StageError
 from streams.logging import get_logger
+from streams.outputs import OutputParams
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -111,6 +112,43 @@ def _fit(audio: np.ndarray, length: int) -> np.ndarray:
     if len(audio) >= length:
         return audio[:length]
     return np.pad(audio, (0, length - len(audio)))
+
+
+def _file_identity(path: Path | None) -> str | None:
+    # Configured checkpoints are large; name and size tell versions apart without hashing them.
+    if path is None:
+        return None
+    try:
+        return f"{path.name}:{path.stat().st_size}"
+    except OSError:
+        return path.name
+
+
+class ConversionParams(OutputParams):
+    """What decides the converted vocals besides the input files' bytes and the code version."""
+
+    options: ConversionOptions
+    backend: VoiceKind
+    sample_rate: int
+    content_encoder: str | None = None  # RVC: the configured HuBERT/ContentVec checkpoint
+    f0_method: str | None = None  # RVC: the pitch method that will run
+    rmvpe: str | None = None  # RVC with RMVPE: its weights
+
+    @classmethod
+    def of(
+        cls, options: ConversionOptions, backend: VoiceKind, settings: Settings
+    ) -> ConversionParams:
+        if backend == "world":
+            return cls(options=options, backend=backend, sample_rate=settings.stem_sample_rate)
+        method = pitch_method(options, settings)
+        return cls(
+            options=options,
+            backend=backend,
+            sample_rate=settings.stem_sample_rate,
+            content_encoder=_file_identity(settings.hubert_path),
+            f0_method=method,
+            rmvpe=_file_identity(settings.rmvpe_path) if method == "rmvpe" else None,
+        )
 
 
 def pitch_method(params: ConversionOptions, settings: Settings) -> str:
@@ -204,7 +242,7 @@ def _convert_rvc(
 
 def convert_vocals(
     vocals_path: Path,
-    voice_dir_or_files: Path | Sequence[Path],
+    voice_dir_or_files: VoiceFiles | Path | Sequence[Path],
     params: ConversionOptions,
     settings: Settings,
     progress: ProgressFn = _no_progress,
@@ -212,7 +250,9 @@ def convert_vocals(
     cache: ModelCache | None = None,
     key: int | None = None,
 ) -> ConversionResult:
-    """Convert the vocals at ``vocals_path`` into the voice in ``voice_dir_or_files``.
+    """Convert the vocals at ``vocals_path`` into the voice in ``voice_dir_or_files``: voice
+    files whose kind is already decided (:class:`VoiceFiles`), or a folder or files to look the
+    voice up in (:func:`find_voice_files`).
 
     ``key`` fixes the transpose (no automatic octave): the backing vocals get the lead's key.
 
@@ -223,7 +263,11 @@ def convert_vocals(
     from agents.voice.audio import load_audio
 
     vocals_path = Path(vocals_path)
-    voice = find_voice_files(voice_dir_or_files)
+    voice = (
+        voice_dir_or_files
+        if isinstance(voice_dir_or_files, VoiceFiles)
+        else find_voice_files(voice_dir_or_files)
+    )
     sr = settings.stem_sample_rate
     vocals = load_audio(vocals_path, sr)
     loudness = peak_loudness_dbfs(vocals, sr)

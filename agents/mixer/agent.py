@@ -1,10 +1,10 @@
 """The mixer's event handler: ``vocals.converted`` in, ``track.ready`` out (no Kafka here).
 
-The track's key is derived from the job (``tracks/<job_id>/cover.<format>``), so a redelivered or
-duplicate ``vocals.converted`` lands on the same object. When that object already exists (and the
-job does not force recomputation) nothing is re-mixed: the stored track is downloaded and its
-duration and loudness re-measured, so the answer is the same ``track.ready`` without a sidecar
-file that could drift from the audio.
+The track is an output of :mod:`streams.outputs` like every other stage's: keyed by the stems'
+bytes (converted vocals, accompaniment, backing vocals), the mix and output options and the code
+version (``tracks/<digest>/cover.<format>``). A redelivered or duplicate ``vocals.converted``
+finds the track and its manifest (duration, loudness) stored and is answered without mixing; a
+replay after a code-version bump mixes a new track.
 """
 
 from __future__ import annotations
@@ -13,34 +13,48 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agents.mixer.encode import content_type
-from agents.mixer.stage import MixResult, measure_track, mix_track
+from agents.mixer.stage import TrackParams, mix_track
 from schemas.events import StageRecord, TrackReady, VocalsConverted
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
-from streams.keys import track_key
+from streams.keys import TRACKS, sha256_file
 from streams.logging import get_logger
+from streams.outputs import Output, OutputFile, Produced, plan_output, produce
 from streams.stage import StageContext, fetch
 
 log = get_logger(__name__)
 
 STAGE = "mixer"
+TRACK_NAME = "cover"
+
+
+def track_output(stems: dict[str, Path], event: VocalsConverted, ctx: StageContext) -> Output:
+    fmt = event.options.output.format
+    # The stems in a fixed order of roles; a missing backing stem is its own case.
+    inputs = [f"{role}:{sha256_file(stems[role])}" for role in sorted(stems)]
+    params = TrackParams(mix=event.options.mix, output=event.options.output)
+    files = {"track": OutputFile(f"{TRACK_NAME}.{fmt}", content_type(fmt))}
+    return plan_output(TRACKS, inputs, params, ctx.settings.code_version, files)
 
 
 def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
     started_at = datetime.now(UTC)
-    output = event.options.output
-    fmt = output.format
-    key = track_key(event.job_id, fmt)
-    local_track = ctx.workdir / f"cover.{fmt}"
+    fmt = event.options.output.format
+    stems = _stems(event, ctx)
+    output = track_output(stems, event, ctx)
 
-    cache_hit = not ctx.force and ctx.store.exists(key)
-    if cache_hit:
+    def compute() -> Produced:
+        local_track = ctx.workdir / f"{TRACK_NAME}.{fmt}"
+        result = mix_track(
+            stems, event.options.mix, event.options.output, local_track, ctx.progress
+        )
+        info = {"duration_s": result.duration_s, "loudness_lufs": result.loudness_lufs}
+        return Produced({"track": result.path}, info)
+
+    stored = produce(ctx, output, compute)
+    key = stored.keys["track"]
+    if stored.cache_hit:
         log.info("track already mixed; reusing it", track_key=key)
-        ctx.store.get_file(key, local_track)
-        result = measure_track(local_track, fmt)
         ctx.progress(1.0, "track already mixed")
-    else:
-        result = _mix(event, ctx, local_track)
-        ctx.store.put_file(key, local_track, content_type(fmt))
 
     expiry_s = ctx.settings.presign_expiry_s
     signed_at = datetime.now(UTC)
@@ -48,24 +62,24 @@ def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
     finished_at = datetime.now(UTC)
     # The runner appends the mixer's StageRecord to the history; the timings need it now.
     mixer_run = StageRecord(
-        stage=STAGE, started_at=started_at, finished_at=finished_at, cache_hit=cache_hit
+        stage=STAGE, started_at=started_at, finished_at=finished_at, cache_hit=stored.cache_hit
     )
     return event.follow(
         TrackReady,
         keys=event.keys.model_copy(update={"track": key}),
         track_key=key,
         format=fmt,
-        duration_s=result.duration_s,
-        loudness_lufs=result.loudness_lufs,
+        duration_s=float(stored.info["duration_s"]),
+        loudness_lufs=stored.info["loudness_lufs"],
         download_url=download_url,
         url_expires_at=signed_at + timedelta(seconds=expiry_s),
         timings_s=stage_timings([*event.history, mixer_run], event.occurred_at, finished_at),
-        cache_hit=cache_hit,
+        cache_hit=stored.cache_hit,
         quality=event.quality,
     )
 
 
-def _mix(event: VocalsConverted, ctx: StageContext, local_track: Path) -> MixResult:
+def _stems(event: VocalsConverted, ctx: StageContext) -> dict[str, Path]:
     stems = {
         VOCALS: fetch(ctx, event.keys.converted_vocals, "converted_vocals.flac"),
         ACCOMPANIMENT: fetch(ctx, event.keys.accompaniment, "accompaniment.flac"),
@@ -74,7 +88,7 @@ def _mix(event: VocalsConverted, ctx: StageContext, local_track: Path) -> MixRes
     backing = event.converted_backing or event.keys.backing_vocals
     if backing:
         stems[BACKING_VOCALS] = fetch(ctx, backing, "backing_vocals.flac")
-    return mix_track(stems, event.options.mix, event.options.output, local_track, ctx.progress)
+    return stems
 
 
 def stage_timings(

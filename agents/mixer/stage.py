@@ -14,9 +14,18 @@ from agents.mixer.loudness import integrated_loudness, normalise, true_peak_db
 from agents.mixer.mix import align_stems, combine, read_stem
 from schemas.events import MixOptions, OutputOptions
 from streams.logging import get_logger
+from streams.outputs import OutputParams
 from streams.stage import ProgressFn
 
 log = get_logger(__name__)
+
+
+class TrackParams(OutputParams):
+    """What decides the track besides the stems' bytes and the code version: the mix and the
+    output options (format, bitrate, tags)."""
+
+    mix: MixOptions
+    output: OutputOptions
 
 
 @dataclass(frozen=True)

@@ -1,39 +1,42 @@
 """The separator agent: ``song.uploaded`` in, ``vocals.separated`` out (the runner does Kafka).
 
-Stems are stored under keys derived from the song's bytes, the separation parameters and the code
-version, with a small ``separation.json`` written last beside them. When all of those exist the
-stems are reused without running a model, so a redelivered or replayed event costs one hash.
+Stems are an output of :mod:`streams.outputs`: keyed by the song's bytes, the separation
+parameters and the code version, with the manifest written last beside them. When all of those
+exist the stems are reused without running a model, so a redelivered or replayed event costs one
+hash.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from agents.separator.stage import SeparationParams, separate
+from agents.separator.stage import SeparationParams, StemsParams, separate
 from schemas.events import SongUploaded, VocalsSeparated
 from streams.errors import StageError
-from streams.keys import content_digest, sha256_file, stem_key, stems_prefix
+from streams.keys import STEMS, sha256_file
 from streams.logging import get_logger
-from streams.stage import StageContext, all_exist, fetch
-from streams.store import ObjectNotFound, get_json, put_json
+from streams.outputs import Output, OutputFile, Produced, plan_output, produce
+from streams.stage import StageContext, fetch
+from streams.store import ObjectNotFound
 
 log = get_logger(__name__)
 
 STAGE = "separator"
-DIGEST_KIND = "stems"
-MANIFEST = "separation.json"
 
 
-def manifest_key(digest: str) -> str:
-    return f"{stems_prefix(digest)}{MANIFEST}"
+def stems_output(song: Path, params: SeparationParams, ctx: StageContext) -> Output:
+    files = {name: OutputFile(f"{name}.flac", "audio/flac") for name in params.stem_names}
+    return plan_output(
+        STEMS,
+        [sha256_file(song)],
+        StemsParams.of(params, ctx.settings),
+        ctx.settings.code_version,
+        files,
+    )
 
 
 def stems_digest(song: Path, params: SeparationParams, ctx: StageContext) -> str:
-    return content_digest(
-        [sha256_file(song)], params.digest_params(ctx.settings), ctx.settings.code_version,
-        DIGEST_KIND,
-    )  # fmt: skip
+    return stems_output(song, params, ctx).digest
 
 
 def _refuse_oversized(ctx: StageContext, song_key: str) -> None:
@@ -57,27 +60,20 @@ def handle(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
     song_key = event.keys.song or ""
     _refuse_oversized(ctx, song_key)
     song = fetch(ctx, song_key, "song" + Path(song_key).suffix.lower())
-    digest = stems_digest(song, params, ctx)
-    keys = {name: stem_key(digest, name) for name in params.stem_names}
-    manifest = manifest_key(digest)
+    output = stems_output(song, params, ctx)
 
-    cache_hit = all_exist(ctx, [*keys.values(), manifest])
-    if cache_hit:
-        info: dict[str, Any] = get_json(ctx.store, manifest)
-        log.info("stems reused", digest=digest, model=info["model"])
-    else:
+    def compute() -> Produced:
         result = separate(song, ctx.workdir / "stems", params, ctx.settings, ctx.progress)
-        for name, key in keys.items():
-            ctx.store.put_file(key, result.stems[name], "audio/flac")
+        log.info("stems separated", model=result.model, duration_s=result.duration_s)
         info = {
             "sample_rate": result.sample_rate,
             "duration_s": result.duration_s,
             "model": result.model,
-            "stems": keys,
         }
-        # Written last: its presence says every stem above is complete.
-        put_json(ctx.store, manifest, info)
-        log.info("stems stored", digest=digest, model=result.model, duration_s=result.duration_s)
+        return Produced({name: result.stems[name] for name in output.files}, info)
+
+    stored = produce(ctx, output, compute)
+    keys, info = stored.keys, stored.info
 
     return event.follow(
         VocalsSeparated,
@@ -91,5 +87,5 @@ def handle(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
         sample_rate=int(info["sample_rate"]),
         duration_s=float(info["duration_s"]),
         separator_model=str(info["model"]),
-        cache_hit=cache_hit,
+        cache_hit=stored.cache_hit,
     )

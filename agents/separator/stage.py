@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from schemas.events import SeparatorOptions
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from streams.errors import StageError
 from streams.logging import get_logger
+from streams.outputs import OutputParams
 from streams.settings import Settings
 from streams.stage import ProgressFn
 
@@ -85,19 +85,30 @@ class SeparationParams:
         """Human-readable model description, e.g. ``spleeter + denoise:UVR-DeNoise-Lite.pth``."""
         return " + ".join([self.separation_model, *(f"{s}:{m}" for s, m in self.chain)])
 
-    def digest_params(self, settings: Settings) -> dict[str, Any]:
-        """The parameters hashed into the stems' content-addressed keys.
 
-        Chunk length and overlap change the output (models see different context), so they count.
-        """
-        return {
-            "backend": backend_kind(self.separation_model),
-            "model": self.separation_model,
-            "chain": [[step, model] for step, model in self.chain],
-            "sample_rate": settings.stem_sample_rate,
-            "chunk_s": settings.separator_chunk_s,
-            "overlap_s": settings.separator_overlap_s,
-        }
+class StemsParams(OutputParams):
+    """What decides the stems besides the song's bytes and the code version (their digest).
+
+    Chunk length and overlap change the output (models see different context), so they count.
+    """
+
+    backend: str
+    model: str
+    chain: list[tuple[str, str]]
+    sample_rate: int
+    chunk_s: float
+    overlap_s: float
+
+    @classmethod
+    def of(cls, params: SeparationParams, settings: Settings) -> StemsParams:
+        return cls(
+            backend=backend_kind(params.separation_model),
+            model=params.separation_model,
+            chain=params.chain,
+            sample_rate=settings.stem_sample_rate,
+            chunk_s=settings.separator_chunk_s,
+            overlap_s=settings.separator_overlap_s,
+        )
 
 
 @dataclass(frozen=True)

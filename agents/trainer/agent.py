@@ -2,38 +2,33 @@
 
 - A named model (``options.voice.model_key`` [+ ``index_key``]) is checked and passed on.
 - A dataset (``options.voice.dataset_key``, an S3 prefix) is hashed with the training config;
-  a model stored under that hash is reused at once; only a miss trains, under a lock object so
-  that concurrent jobs for the same voice train it once.
+  a model stored under that hash is reused at once; only a miss trains, under the output's lock
+  (:func:`streams.outputs.produce`) so that concurrent jobs for the same voice train it once.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.trainer.stage import (
     INDEX_FILE,
     MODEL_FILE,
     PROFILE_FILE,
-    TrainedVoice,
+    VoiceKind,
+    VoiceParams,
     VoiceTrainingConfig,
     train_voice,
     voice_kind,
 )
 from schemas.events import VocalsSeparated, VoiceTrained
-from streams import keys as keylayout
 from streams.errors import StageError
 from streams.keypolicy import confined
+from streams.keys import VOICES, sha256_file, voice_key
 from streams.logging import get_logger
-from streams.stage import StageContext, all_exist, fetch
+from streams.outputs import Output, OutputFile, Produced, plan_output, produce
+from streams.stage import StageContext, fetch
 
 log = get_logger(__name__)
-
-LOCK_POLL_S = 2.0
 
 
 def training_config(event: VocalsSeparated, ctx: StageContext) -> VoiceTrainingConfig:
@@ -117,87 +112,56 @@ def _dataset_files(event: VocalsSeparated, ctx: StageContext) -> list[Path]:
     ]
 
 
-def voice_digest(files: list[Path], config: VoiceTrainingConfig, ctx: StageContext) -> str:
+def voice_files(kind: VoiceKind) -> dict[str, OutputFile]:
+    """The files of a trained voice, by role: a WORLD profile, or an RVC model and its index."""
+    if kind == "world":
+        return {"model": OutputFile(PROFILE_FILE)}
+    return {"model": OutputFile(MODEL_FILE), "index": OutputFile(INDEX_FILE)}
+
+
+def voice_output(files: list[Path], config: VoiceTrainingConfig, ctx: StageContext) -> Output:
     kind = voice_kind(ctx.settings)
-    hashes = sorted(keylayout.sha256_file(p) for p in files)
-    return keylayout.content_digest(
+    # Sorted: the same recordings under other names or in another order are the same voice.
+    hashes = sorted(sha256_file(p) for p in files)
+    return plan_output(
+        VOICES,
         hashes,
-        config.key_params(kind, ctx.settings.rmvpe_path),
+        VoiceParams.of(config, kind, ctx.settings.rmvpe_path),
         ctx.settings.code_version,
-        "voices",
+        voice_files(kind),
     )
 
 
-def voice_keys(digest: str, kind: str) -> dict[str, str]:
-    prefix = keylayout.voice_prefix(digest)
-    if kind == "world":
-        return {"model": prefix + PROFILE_FILE}
-    return {"model": prefix + MODEL_FILE, "index": prefix + INDEX_FILE}
+def voice_digest(files: list[Path], config: VoiceTrainingConfig, ctx: StageContext) -> str:
+    return voice_output(files, config, ctx).digest
+
+
+def voice_keys(digest: str, kind: VoiceKind) -> dict[str, str]:
+    return {role: voice_key(digest, file.name) for role, file in voice_files(kind).items()}
 
 
 def _from_dataset(event: VocalsSeparated, ctx: StageContext) -> VoiceTrained:
     files = _dataset_files(event, ctx)
     config = training_config(event, ctx)
     kind = voice_kind(ctx.settings)
-    digest = voice_digest(files, config, ctx)
-    keys = voice_keys(digest, kind)
-    metrics_key = keylayout.voice_prefix(digest) + "metrics.json"
-    cache_hit = all_exist(ctx, list(keys.values()))
-    if not cache_hit:
-        cache_hit = _train_once(files, config, digest, keys, metrics_key, ctx)
-    metrics: dict[str, float] = {}
-    if ctx.store.exists(metrics_key):
-        metrics = json.loads(ctx.store.get_bytes(metrics_key))
-    log.info("voice ready", voice_kind=kind, cache_hit=cache_hit, voice=digest[:12])
-    out_keys = event.keys.model_copy(
-        update={"voice_model": keys["model"], "voice_index": keys.get("index")}
-    )
-    return event.follow(
-        VoiceTrained, keys=out_keys, voice_kind=kind, cache_hit=cache_hit, metrics=metrics
-    )
+    output = voice_output(files, config, ctx)
 
-
-def _train_once(
-    files: list[Path],
-    config: VoiceTrainingConfig,
-    digest: str,
-    keys: dict[str, str],
-    metrics_key: str,
-    ctx: StageContext,
-) -> bool:
-    """Train under a lock; True when another worker finished the same voice meanwhile."""
-    lock = keylayout.lock_key(f"voice-{digest}")
-    owner = json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "at": datetime.now(UTC).isoformat()}
-    ).encode()
-    stale_after = ctx.settings.stage_timeout_s
-    waited_since = time.monotonic()
-
-    def stored() -> bool:
-        return all(ctx.store.exists(key) for key in keys.values())
-
-    while not ctx.store.put_if_absent(lock, owner):
-        if stored():
-            return True
-        if time.monotonic() - waited_since > stale_after:
-            log.warning("voice lock looks abandoned; taking it over", lock=lock)
-            ctx.store.delete(lock)
-            continue
-        ctx.progress(0.0, "waiting for another worker training the same voice")
-        time.sleep(LOCK_POLL_S)
-    try:
-        if not ctx.force and stored():  # finished between our check and the lock
-            return True
-        trained: TrainedVoice = train_voice(
-            files, ctx.workdir / "voice", config, ctx.settings, ctx.progress
-        )
+    def compute() -> Produced:
+        trained = train_voice(files, ctx.workdir / "voice", config, ctx.settings, ctx.progress)
         if trained.skipped:
             trained.metrics["skipped_files"] = float(len(trained.skipped))
-        ctx.store.put_bytes(metrics_key, json.dumps(trained.metrics).encode(), "application/json")
-        if "index" in keys:
-            ctx.store.put_file(keys["index"], trained.files["index"])
-        # The model last: its presence marks the voice complete.
-        ctx.store.put_file(keys["model"], trained.files["model"])
-        return False
-    finally:
-        ctx.store.delete(lock)
+        return Produced(trained.files, {"metrics": trained.metrics})
+
+    # Under the output's lock: concurrent jobs for the same voice train it once.
+    stored = produce(
+        ctx, output, compute, single_flight=True,
+        waiting="waiting for another worker training the same voice",
+    )  # fmt: skip
+    metrics: dict[str, float] = dict(stored.info.get("metrics") or {})
+    log.info("voice ready", voice_kind=kind, cache_hit=stored.cache_hit, voice=output.digest[:12])
+    out_keys = event.keys.model_copy(
+        update={"voice_model": stored.keys["model"], "voice_index": stored.keys.get("index")}
+    )
+    return event.follow(
+        VoiceTrained, keys=out_keys, voice_kind=kind, cache_hit=stored.cache_hit, metrics=metrics
+    )

@@ -9,7 +9,7 @@ the same dataset instead, and says so: ``kind`` is ``'world'``, never ``'rvc'``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from schemas.events import VoiceOptions
 from schemas.vocabulary import F0Method, SampleRate, VoiceKind
 from streams.errors import StageError
 from streams.logging import get_logger
+from streams.outputs import OutputParams
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -61,14 +62,24 @@ class VoiceTrainingConfig:
             **fields,
         )
 
-    def key_params(self, kind: VoiceKind, rmvpe_path: Path | None = None) -> dict[str, Any]:
-        if kind == "world":  # the profile depends on the audio alone
-            return {"kind": "world"}
+
+class VoiceParams(OutputParams):
+    """What decides the trained voice besides the dataset's bytes and the code version."""
+
+    kind: VoiceKind
+    training: VoiceTrainingConfig | None = None  # RVC only: a profile depends on the audio alone
+
+    @classmethod
+    def of(
+        cls, config: VoiceTrainingConfig, kind: VoiceKind, rmvpe_path: Path | None = None
+    ) -> VoiceParams:
+        if kind == "world":
+            return cls(kind="world")
         from agents.voice.f0 import resolve_f0_method
 
         # The method that actually runs decides the model, not the one asked for.
-        method = resolve_f0_method(self.f0_method, rmvpe_path)
-        return {"kind": "rvc", **asdict(self), "f0_method": method}
+        method = resolve_f0_method(config.f0_method, rmvpe_path)
+        return cls(kind="rvc", training=replace(config, f0_method=method))
 
 
 @dataclass

@@ -208,6 +208,24 @@ def test_handler_stores_converted_vocals_and_reuses_them(
     assert not third.cache_hit and third.keys.converted_vocals != key
 
 
+def test_the_handler_takes_the_voice_kind_from_the_event(
+    voices: dict[str, Path], vocals: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kind is decided once (voice.trained's voice_kind): the stage does not look the voice
+    files over again to decide it."""
+    import agents.converter.stage as converter_stage
+
+    def no_second_decision(*args: object) -> None:
+        raise AssertionError("the voice kind was decided again from the files")
+
+    monkeypatch.setattr(converter_stage, "find_voice_files", no_second_decision)
+    store = LocalStore(tmp_path / "store")
+    event = _voice_trained(store, voices, vocals)
+    ctx = StageContext("converter", settings_for(tmp_path), store, tmp_path / "work")
+    out = handle(event, ctx)
+    assert out.backend == event.voice_kind == "world"
+
+
 def test_handler_reports_a_missing_model_object(
     voices: dict[str, Path], vocals: Path, tmp_path: Path
 ) -> None:

@@ -43,7 +43,7 @@ def _code(policy: KeyPolicy, key: object, job_id: str = JOB) -> str | None:
         f"voices/{DIGEST}/model.pth",
         f"voices/{DIGEST}/",
         f"converted/{DIGEST}/vocals.flac",
-        "tracks/job-a/cover.mp3",
+        f"tracks/{DIGEST}/cover.mp3",
     ],
 )
 def test_the_jobs_own_uploads_and_pipeline_outputs_are_allowed(key: str) -> None:
@@ -72,6 +72,7 @@ def test_the_jobs_own_uploads_and_pipeline_outputs_are_allowed(key: str) -> None
         (f"stems/{DIGEST.upper()}/vocals.flac", "forbidden_key"),
         (f"stems/{DIGEST}", "forbidden_key"),
         ("tracks/job-b/cover.mp3", "forbidden_key"),
+        ("tracks/job-a/cover.mp3", "forbidden_key"),  # tracks are named by content, not by job
         ("models/shared/v.pth", "forbidden_key"),  # no shared prefix configured
         ("", "invalid_key"),
         (None, "invalid_key"),

@@ -15,6 +15,7 @@ import soundfile as sf
 from frontends.demo import make_demo_inputs
 from frontends.local import run_cover
 from schemas.events import JobOptions
+from streams.errors import StageError
 from streams.keys import job_event_key
 from streams.settings import Settings
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
@@ -50,6 +51,57 @@ def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noq
     assert state["backend"] == "rvc"
     converted = Path(tmp_path / "store" / (ready.keys.converted_vocals or ""))
     assert sf.info(str(converted)).duration == pytest.approx(3.0, abs=0.05)
+
+
+def _bad_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    song = tmp_path / "song.mp3"
+    song.write_bytes(b"not a song at all" * 100)
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    (voice / "take.wav").write_bytes(b"RIFF....")
+    return song, voice
+
+
+def test_a_bad_song_is_answered_as_a_worker_answers_it(tmp_path: Path) -> None:
+    """The cover runs the workers' runner: the stage's error is the worker's track.failed, kept
+    as the job's state, with the original in the DLQ (here: the emitter)."""
+    song, voice = _bad_inputs(tmp_path)
+    heard: list[tuple[str, float]] = []
+    with pytest.raises(StageError) as caught:
+        run_cover(
+            song,
+            settings=Settings(hubert_path=None),
+            store_dir=tmp_path / "store",
+            voice_dir=voice,
+            job_id="bad-song",
+            progress=lambda stage, fraction, message: heard.append((stage, fraction)),
+        )
+    assert caught.value.code == "not_audio"
+    failed = json.loads(
+        (tmp_path / "store" / job_event_key("bad-song", "track.failed")).read_text()
+    )
+    assert (failed["stage"], failed["code"], failed["retriable"]) == (
+        "separator",
+        "not_audio",
+        False,
+    )
+    assert (tmp_path / "store" / "jobs" / "bad-song" / "seen" / "separator").is_dir()
+    assert heard == [("separator", 0.0)], "no stage after the failed one runs"
+
+
+def test_a_stage_crash_is_an_internal_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agents.separator.agent
+
+    def crashes(*args: object) -> None:
+        raise RuntimeError("a bug in the stage")
+
+    monkeypatch.setattr(agents.separator.agent, "handle", crashes)
+    song, voice = _bad_inputs(tmp_path)
+    with pytest.raises(StageError) as caught:
+        run_cover(song, settings=Settings(), store_dir=tmp_path / "store", voice_dir=voice)
+    assert caught.value.code == "internal_error" and "a bug in the stage" in caught.value.message
 
 
 def test_the_one_process_cover_imports_no_faust() -> None:

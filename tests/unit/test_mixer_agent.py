@@ -121,9 +121,9 @@ def test_handler_mixes_stores_and_answers_track_ready(store: LocalStore, tmp_pat
 
     ready = agent.handle(event, context(store, tmp_path, "work1"))
 
-    key = track_key(JOB, "mp3")
     assert isinstance(ready, TrackReady)
-    assert ready.track_key == key == ready.keys.track
+    key = ready.track_key
+    assert key == ready.keys.track and key == track_key(key.split("/")[1], "mp3")
     assert store.exists(key)
     assert ready.format == "mp3"
     assert ready.duration_s == pytest.approx(3.0, abs=0.06)
@@ -167,11 +167,42 @@ def test_second_delivery_reuses_the_track_and_gives_an_equivalent_answer(
     assert store.get_bytes(second.track_key) == stored
     same = {"track_key", "format", "duration_s", "loudness_lufs", "download_url", "keys", "job_id"}
     assert second.model_dump(include=same) == first.model_dump(include=same)
-    assert [key for key in store.list("tracks/")] == [track_key(JOB, "flac")]
+    assert [key for key in store.list("tracks/") if key.endswith(".flac")] == [first.track_key]
 
     # force recomputes: the mix function is called again.
     with pytest.raises(AssertionError, match="must not mix again"):
         agent.handle(event, context(store, tmp_path, "work3", force=True))
+
+
+def test_a_replay_after_a_code_version_bump_mixes_a_new_track(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = vocals_converted("wav")
+
+    def at(version: str, name: str) -> StageContext:
+        ctx = context(store, tmp_path, name)
+        ctx.settings = Settings(presign_expiry_s=3600, code_version=version)
+        return ctx
+
+    mixes: list[int] = []
+    real_mix = agent.mix_track
+
+    def counting(*args: object, **kwargs: object) -> object:
+        mixes.append(1)
+        return real_mix(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent, "mix_track", counting)
+    first = agent.handle(event, at("1", "v1"))
+    same = agent.handle(event, at("1", "v1-again"))
+    assert same.track_key == first.track_key and same.cache_hit and len(mixes) == 1
+    # Another job with the same stems and options: the same track, nothing mixed.
+    other_job = event.model_copy(update={"job_id": "job-43"})
+    assert agent.handle(other_job, at("1", "v1-other")).track_key == first.track_key
+    assert len(mixes) == 1
+
+    bumped = agent.handle(event, at("2", "v2"))
+    assert bumped.track_key != first.track_key and not bumped.cache_hit and len(mixes) == 2
+    assert store.exists(first.track_key) and store.exists(bumped.track_key)
 
 
 def test_handler_without_backing_vocals_and_missing_stem(store: LocalStore, tmp_path: Path) -> None:
@@ -183,7 +214,7 @@ def test_handler_without_backing_vocals_and_missing_stem(store: LocalStore, tmp_
     with pytest.raises(StageError) as error:
         agent.handle(broken, context(store, tmp_path, "w2"))
     assert error.value.code == "missing_object"
-    assert not store.exists(track_key(JOB, "m4a"))
+    assert not [key for key in store.list("tracks/") if key.endswith(".m4a")]
 
 
 def _image_checks(png: Path) -> np.ndarray:

@@ -18,7 +18,9 @@ import agents.trainer.stage as trainer_stage
 from agents.trainer.agent import handle, voice_keys
 from frontends.demo_audio import speech_voice
 from schemas.events import JobOptions, ObjectKeys, VocalsSeparated, VoiceOptions
+from streams import outputs
 from streams.errors import StageError
+from streams.outputs import write_manifest
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore
@@ -134,17 +136,18 @@ def test_a_held_lock_waits_for_the_other_worker(
     event = _event(store, "j", {"a.wav": takes[0], "b.wav": takes[1]})
     ctx = _ctx(tmp_path, settings, store)
     files = trainer_agent._dataset_files(event, ctx)
-    digest = trainer_agent.voice_digest(files, trainer_agent.training_config(event, ctx), ctx)
-    model_key = voice_keys(digest, "world")["model"]
-    store.put_bytes(f"locks/voice-{digest}", b"another worker")
+    output = trainer_agent.voice_output(files, trainer_agent.training_config(event, ctx), ctx)
+    model_key = voice_keys(output.digest, "world")["model"]
+    store.put_bytes(output.lock, b"another worker")
     calls = _count_training(monkeypatch)
     sleeps: list[float] = []
 
     def other_worker_finishes(seconds: float) -> None:
         sleeps.append(seconds)
         store.put_bytes(model_key, b"trained elsewhere")
+        write_manifest(store, output, {"metrics": {}})  # what a finishing worker writes last
 
-    monkeypatch.setattr(trainer_agent.time, "sleep", other_worker_finishes)
+    monkeypatch.setattr(outputs.time, "sleep", other_worker_finishes)
     out = handle(event, _ctx(tmp_path, settings, store))
     assert out.cache_hit and out.keys.voice_model == model_key
     assert sleeps and not calls
