@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--rvc-model", default=None, help="an RVC .pth of the target voice")
     parser.add_argument("--rvc-index", default=None)
     args = parser.parse_args()
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
 
     configure_logging("WARNING", "console")
     with tempfile.TemporaryDirectory(prefix="singtome-quality-") as tmp:

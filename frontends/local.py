@@ -43,7 +43,7 @@ def run_cover(
 ) -> tuple[TrackReady, Path]:
     """Run every stage on ``song``; returns ``track.ready`` and the track's path on disk.
 
-    A stage's bad input raises :class:`streams.errors.StageError` (code + message), as the
+    A stage's bad input raises :class:`foundation.errors.StageError` (code + message), as the
     workers would answer with ``track.failed``.
     """
     from datetime import UTC, datetime

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from foundation.errors import StageError, TransientError
+from foundation.logging import get_logger, job_context
 from schemas.events import (
     Event,
     EventDecodeError,
@@ -48,9 +50,7 @@ from schemas.events import (
     peek_job_id,
 )
 from streams import keys as keylayout
-from streams.errors import StageError, TransientError
 from streams.keypolicy import KeyPolicy
-from streams.logging import get_logger, job_context
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.stage import Handler, StageContext

@@ -56,7 +56,7 @@ def resolve_handler(handler: HandlerRef) -> Handler:
 
 def fetch(ctx: StageContext, key: str | None, name: str) -> Path:
     """Download ``key`` into the job's work dir as ``name``; a missing key is the input's fault."""
-    from streams.errors import StageError
+    from foundation.errors import StageError
     from streams.store import ObjectNotFound
 
     if not key:

@@ -13,8 +13,9 @@ from typing import Any
 import soundfile as sf
 
 from agents.converter.stage import ConversionResult, convert_vocals, measure_quality, pitch_method
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import ConversionOptions, ConversionQuality, VocalsConverted, VoiceTrained
-from streams.errors import StageError
 from streams.keys import (
     content_digest,
     conversion_quality_key,
@@ -22,7 +23,6 @@ from streams.keys import (
     converted_key,
     sha256_file,
 )
-from streams.logging import get_logger
 from streams.settings import Settings
 from streams.stage import StageContext, all_exist, fetch
 from streams.store import get_json, put_json

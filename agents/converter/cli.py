@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.converter.stage import ConversionResult, convert_vocals
+from foundation.errors import StageError
 from schemas.events import ConversionOptions
-from streams.errors import StageError
 from streams.settings import Settings, get_settings
 
 

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from agents.voice.segments import quiet_cut_points, spans
+from foundation.logging import get_logger
 from schemas.events import ConversionOptions
 from streams.allocator import release_freed_memory
-from streams.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -343,7 +343,7 @@ def prepare_piece(
     device = next(voice_model.synthesizer.parameters()).device
     source = _features(encoder, audio16k, voice_model.version, device).cpu()
     if source.shape[1] != voice_model.phone_dim:
-        from streams.errors import StageError
+        from foundation.errors import StageError
 
         raise StageError(
             "model_mismatch",
@@ -435,7 +435,7 @@ def convert_audio16k(
     ``batch_pieces`` pieces go through the synthesizer together (worth it on a GPU).
     """
     if len(audio16k) < WINDOW:
-        from streams.errors import StageError
+        from foundation.errors import StageError
 
         raise StageError("empty_audio", "the vocals are shorter than one 10 ms frame")
     tgt_sr = int(voice_model.tgt_sr)

@@ -30,10 +30,10 @@ from agents.converter.models import (
     shared_cache,
 )
 from agents.voice import world
+from foundation.device import resolve_device
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import ConversionOptions, ConversionQuality
-from streams.device import resolve_device
-from streams.errors import StageError
-from streams.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)

@@ -15,9 +15,9 @@ from pathlib import Path
 from agents.mixer.encode import content_type
 from agents.mixer.mix import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from agents.mixer.stage import MixResult, measure_track, mix_track
+from foundation.logging import get_logger
 from schemas.events import StageRecord, TrackReady, VocalsConverted
 from streams.keys import track_key
-from streams.logging import get_logger
 from streams.stage import StageContext, fetch
 
 log = get_logger(__name__)

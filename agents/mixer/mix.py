@@ -20,9 +20,9 @@ import torch
 import torchaudio.functional
 
 from agents.mixer.effects import apply_chain, get_effect, vocal_chain
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import MixOptions
-from streams.errors import StageError
-from streams.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from scipy.signal import stft
 
 from agents.mixer.encode import decode
+from foundation.logging import get_logger
 from streams.keys import job_event_key, job_prefix
-from streams.logging import get_logger
 from streams.store import ObjectNotFound, ObjectStore, get_json
 
 log = get_logger(__name__)

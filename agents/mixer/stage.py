@@ -12,8 +12,8 @@ from pathlib import Path
 from agents.mixer import encode as encoding
 from agents.mixer.loudness import integrated_loudness, normalise, true_peak_db
 from agents.mixer.mix import align_stems, combine, read_stem
+from foundation.logging import get_logger
 from schemas.events import MixOptions, OutputOptions
-from streams.logging import get_logger
 from streams.stage import ProgressFn
 
 log = get_logger(__name__)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.separator.stage import SeparationParams, separate
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import SongUploaded, VocalsSeparated
-from streams.errors import StageError
 from streams.keys import content_digest, sha256_file, stem_key, stems_prefix
-from streams.logging import get_logger
 from streams.stage import StageContext, all_exist, fetch
 from streams.store import ObjectNotFound, get_json, put_json
 

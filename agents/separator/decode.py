@@ -4,8 +4,8 @@ Any container/codec ffmpeg reads (wav, mp3, flac, ogg, m4a/aac, ...), any channe
 rate becomes a float32 stereo WAV at 44.1 kHz on disk. Audio is never held in memory whole: ffmpeg
 writes the temp WAV and the checks read it back in blocks, so a 15-minute song costs a few MB.
 
-Each way an input can be bad has its own error code (see ``streams.errors.ERROR_CODES``); size and
-duration are checked with ``ffprobe`` before anything is decoded.
+Each way an input can be bad has its own error code (see ``foundation.errors.ERROR_CODES``); size
+and duration are checked with ``ffprobe`` before anything is decoded.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)

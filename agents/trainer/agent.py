@@ -24,11 +24,11 @@ from agents.trainer.stage import (
     train_voice,
     voice_kind,
 )
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import VocalsSeparated, VoiceTrained
 from streams import keys as keylayout
-from streams.errors import StageError
 from streams.keypolicy import confined
-from streams.logging import get_logger
 from streams.stage import StageContext, all_exist, fetch
 
 log = get_logger(__name__)

@@ -34,8 +34,8 @@ from agents.trainer.preprocess import (
 )
 from agents.voice.content import ContentEncoder
 from agents.voice.f0 import F0Extractor, coarse_f0, get_f0_extractor
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import soundfile as sf
 
 from agents.voice.audio import highpass_48hz, load_audio, resample, rms_db
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

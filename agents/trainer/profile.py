@@ -13,8 +13,8 @@ from pathlib import Path
 
 from agents.voice.audio import load_audio
 from agents.voice.world import EnvelopeStats, VoiceProfile, analyse_f0_and_envelope
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 PROFILE_FILE = "profile.npz"
 MIN_VOICED_S = 2.0

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents.trainer.profile import learn_profile_file
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -197,7 +197,7 @@ def _train_rvc(
 
 
 def _device(settings: Settings) -> str:
-    from streams.device import resolve_device
+    from foundation.device import resolve_device
 
     return str(resolve_device(settings.device))
 

@@ -38,8 +38,8 @@ from agents.voice.discriminator import MultiPeriodDiscriminator
 from agents.voice.modules.commons import slice_segments
 from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
-from streams.device import resolve_device
-from streams.logging import get_logger
+from foundation.device import resolve_device
+from foundation.logging import get_logger
 
 log = get_logger()
 

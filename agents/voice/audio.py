@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from scipy import signal
 
-from streams.errors import StageError
+from foundation.errors import StageError
 
 HIGHPASS_HZ = 48.0
 """RVC removes rumble below 48 Hz before slicing (training) and before pitch/feature extraction."""

@@ -30,8 +30,8 @@ from torch import nn
 
 from agents.voice.configs import PHONE_DIMS, SAMPLE_RATES, SynthesizerConfig, Version
 from agents.voice.synthesizer import Synthesizer
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger()
 

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.logging import get_logger
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

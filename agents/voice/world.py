@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from agents.voice.segments import quiet_cut_points, spans
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 BACKEND = "world"
 PROFILE_KIND = "singtome-world-voice-profile"

@@ -16,8 +16,8 @@ from agents.mixer.effects import EFFECTS, VOCAL_CHAIN, apply_chain, get_effect, 
 from agents.mixer.loudness import normalise, true_peak_db
 from agents.mixer.mix import STEM_LENGTH_TOLERANCE_S, Stem, align_stems, combine
 from agents.mixer.stage import mix_track
+from foundation.errors import StageError
 from schemas.events import GAIN_DB_RANGE, MixOptions, OutputOptions
-from streams.errors import StageError
 
 RATE = 44100
 

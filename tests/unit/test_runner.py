@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation.errors import StageError, TransientError
 from schemas.events import (
     Event,
     JobOptions,
@@ -17,7 +18,6 @@ from schemas.events import (
     VoiceOptions,
     encode,
 )
-from streams.errors import StageError, TransientError
 from streams.runner import Runner
 from streams.settings import Settings
 from streams.stage import StageContext

@@ -11,8 +11,8 @@ import soundfile as sf
 
 from agents.separator import decode as decode_module
 from agents.separator.decode import decode, loudest_window_dbfs
+from foundation.errors import StageError
 from frontends import demo_audio as synth
-from streams.errors import StageError
 from streams.settings import Settings
 
 DURATION_S = 2.0

@@ -22,8 +22,8 @@ from agents.voice.world import (
     key_shift_semitones,
     plan_world,
 )
+from foundation.errors import StageError
 from frontends.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
-from streams.errors import StageError
 
 SR = 44100
 

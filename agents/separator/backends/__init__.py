@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems, fit_frames
-from streams.errors import StageError
+from foundation.errors import StageError
 
 __all__ = [
     "SAMPLE_RATE",

@@ -24,8 +24,8 @@ import numpy as np
 import soundfile as sf
 
 from agents.separator.backends.base import SAMPLE_RATE, Stems, fit_frames
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

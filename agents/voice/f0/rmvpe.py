@@ -21,8 +21,8 @@ from torch import nn
 
 from agents.voice.content import refused_for_code
 from agents.voice.f0.base import HOP, SAMPLE_RATE, as_audio16k, finish, in_chunks
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
