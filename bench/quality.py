@@ -138,7 +138,7 @@ def run_rvc(pair: Any, args: argparse.Namespace, source_path: Path, embedding: A
     import soundfile as sf
 
     audio, sr = sf.read(str(result.path), dtype="float32")
-    from agents.voice.audio import resample
+    from foundation.resample import resample
 
     return figures(resample(audio, sr, SR) if sr != SR else audio, pair, key, embedding)
 

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.progress import ProgressFn
 from schemas.events import Event
 from streams.settings import Settings
 from streams.store import ObjectStore
-
-ProgressFn = Callable[[float, str], None]
 
 
 def _no_progress(fraction: float, message: str) -> None:

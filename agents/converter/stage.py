@@ -14,7 +14,7 @@ over the accompaniment sample for sample.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,14 +32,15 @@ from agents.converter.models import (
 from agents.voice import world
 from foundation.device import resolve_device
 from foundation.errors import StageError
+from foundation.levels import fit_length
 from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from schemas.events import ConversionOptions, ConversionQuality
 from streams.settings import Settings
 
 log = get_logger(__name__)
 
 Backend = Literal["rvc", "world"]
-ProgressFn = Callable[[float, str], None]
 
 # Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
 LOUDNESS_WINDOW_S = 0.05
@@ -105,12 +106,6 @@ def peak_loudness_dbfs(audio: np.ndarray, sr: int) -> float:
     else:
         energy = float(np.max(np.mean(x[:usable].reshape(-1, window) ** 2, axis=1)))
     return 10.0 * float(np.log10(max(energy, 1e-20)))
-
-
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
 
 
 def pitch_method(params: ConversionOptions, settings: Settings) -> str:
@@ -218,9 +213,9 @@ def convert_vocals(
 
     Writes FLAC at ``settings.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
     Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
-    ``unsafe_model`` and the audio decoding codes of :func:`agents.voice.audio.load_audio`.
+    ``unsafe_model`` and the audio decoding codes of :func:`foundation.audio.load_audio`.
     """
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     vocals_path = Path(vocals_path)
     voice = find_voice_files(voice_dir_or_files)
@@ -251,7 +246,7 @@ def convert_vocals(
             f0_method,
         )
         semitones, key_method = report.semitones, report.key_method
-        converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
+        converted = fit_length(np.asarray(converted, dtype=np.float32), len(vocals))
     else:
         if key is not None:
             params = params.model_copy(update={"f0_up_key": key})
@@ -261,10 +256,10 @@ def convert_vocals(
         del vocals
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
         if out_sr != sr:
-            from agents.voice.audio import resample
+            from foundation.resample import resample
 
             converted = resample(converted, out_sr, sr)
-        converted = _fit(np.asarray(converted, dtype=np.float32), length)
+        converted = fit_length(np.asarray(converted, dtype=np.float32), length)
 
     out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +284,7 @@ def measure_quality(
     """The quality report of a conversion (``dataset_files``: the voice's recordings; empty
     when the job named a model, and then there is no similarity to report)."""
     from agents.voice import quality
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     sr = quality.ANALYSIS_SR
     voice = (

@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.mixer.encode import content_type
 from agents.mixer.mix import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from agents.mixer.stage import MixResult, measure_track, mix_track
+from foundation.encode import content_type
 from foundation.logging import get_logger
 from schemas.events import StageRecord, TrackReady, VocalsConverted
 from streams.keys import track_key

@@ -27,9 +27,9 @@ from agents.separator.chunking import FlacStemWriter, ProcessFn, WavReader, run_
 from agents.separator.decode import decode
 from foundation.errors import StageError
 from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from schemas.events import SeparatorOptions
 from streams.settings import Settings
-from streams.stage import ProgressFn
 
 log = get_logger(__name__)
 

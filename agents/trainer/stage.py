@@ -8,7 +8,7 @@ the same dataset instead, and says so: ``kind`` is ``'world'``, never ``'rvc'``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +16,11 @@ from typing import Any, Literal
 from agents.trainer.profile import learn_profile_file
 from foundation.errors import StageError
 from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from streams.settings import Settings
 
 log = get_logger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 VoiceKind = Literal["rvc", "world"]
 
 MODEL_FILE = "model.pth"
@@ -70,7 +70,7 @@ def voice_kind(settings: Settings) -> VoiceKind:
 
 def readable_audio(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """The files ffmpeg can decode, and a 'name: reason' line for each one it cannot."""
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     good: list[Path] = []
     skipped: list[str] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,10 +39,9 @@ from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
 from foundation.device import resolve_device
 from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 
 log = get_logger()
-
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -192,7 +190,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def train_model(
-    exp_dir: Path, config: TrainConfig, progress: ProgressCallback | None = None
+    exp_dir: Path, config: TrainConfig, progress: ProgressFn | None = None
 ) -> TrainResult:
     """Train (or resume training) a voice model on ``exp_dir`` and export it.
 

@@ -53,7 +53,7 @@ def to_analysis_rate(audio: np.ndarray, sr: int) -> np.ndarray:
     if x.ndim > 1:
         x = x.mean(axis=1)
     if sr != ANALYSIS_SR:
-        from agents.voice.audio import resample
+        from foundation.resample import resample
 
         x = resample(x, sr, ANALYSIS_SR)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -23,7 +23,8 @@ from agents.voice.world import (
     plan_world,
 )
 from foundation.errors import StageError
-from frontends.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
+from foundation.resample import resample
+from frontends.demo_audio import F0_HOP_S, speech_voice, sung_vocal, write
 
 SR = 44100
 

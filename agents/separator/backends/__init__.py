@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems, fit_frames
+from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems
 from foundation.errors import StageError
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "SeparationBackend",
     "Stems",
     "backend_kind",
-    "fit_frames",
     "load_backend",
 ]
 
