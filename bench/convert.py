@@ -352,7 +352,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _child(case: dict[str, Any], queue: Any) -> None:
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
 
     configure_logging("WARNING")  # stdout carries the JSON only
     try:
@@ -412,7 +412,7 @@ def main() -> None:
     parser.add_argument("--ours-on-reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours_on_reference:
-        from streams.logging import configure_logging
+        from foundation.logging import configure_logging
 
         configure_logging("WARNING")
         work = Path(os.environ.get("RVC_BENCH_WORK", Path.home() / "rvcbase" / "work"))

@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--dry", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --dry)")
     args = parser.parse_args()
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
 
     configure_logging("WARNING")  # logs to stderr: stdout is the JSON report
     device = torch.device(args.device or ("cpu" if args.dry else "cuda"))

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
+from foundation.logging import configure_logging
 from schemas.events import TrackReady
 from streams.client import publish
-from streams.logging import configure_logging
 from streams.topics import TRACK_READY
 from tests.pipeline import Pipeline, local_stack
 

@@ -138,7 +138,7 @@ def run_rvc(pair: Any, args: argparse.Namespace, source_path: Path, embedding: A
     import soundfile as sf
 
     audio, sr = sf.read(str(result.path), dtype="float32")
-    from agents.voice.audio import resample
+    from foundation.resample import resample
 
     return figures(resample(audio, sr, SR) if sr != SR else audio, pair, key, embedding)
 
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--rvc-model", default=None, help="an RVC .pth of the target voice")
     parser.add_argument("--rvc-index", default=None)
     args = parser.parse_args()
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
 
     configure_logging("WARNING", "console")
     with tempfile.TemporaryDirectory(prefix="singtome-quality-") as tmp:

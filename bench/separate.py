@@ -52,7 +52,7 @@ def run_case(song: Path, model: str, chunk_s: float, overlap_s: float) -> dict[s
     after the model is loaded) and this process's peak RSS."""
     from agents.separator.backends import load_backend
     from agents.separator.stage import SeparationParams, separate
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
     from streams.settings import Settings
 
     configure_logging("WARNING")

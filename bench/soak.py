@@ -25,9 +25,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pipeline import summary
+from foundation.logging import configure_logging
 from schemas.events import JobOptions, ObjectKeys, SongUploaded, TrackReady, VoiceOptions
 from streams.client import publish_raw_async
-from streams.logging import configure_logging
 from streams.settings import CACHE_HOME
 from streams.topics import SONG_UPLOADED, TRACK_FAILED, TRACK_READY
 from tests.pipeline import Pipeline, local_stack

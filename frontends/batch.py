@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundation.errors import StageError
 from frontends.local import run_cover
 from schemas.events import JobOptions, TrackFailed, TrackReady
 from streams.client import AUDIO_SUFFIXES
-from streams.errors import StageError
 from streams.settings import Settings
 from streams.store import ObjectStore
 

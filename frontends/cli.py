@@ -103,7 +103,7 @@ def worker(
     except ValueError as exc:
         _fail(str(exc))
         return
-    from streams.device import DeviceUnavailable
+    from foundation.device import DeviceUnavailable
     from streams.worker import run_worker
 
     try:
@@ -142,8 +142,8 @@ def stack_up(
     """Start the local broker and S3 server, create the bucket and every topic."""
     from dataclasses import replace
 
+    from foundation.logging import configure_logging
     from frontends.stack import StackError, up
-    from streams.logging import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, "console")
@@ -200,8 +200,8 @@ def topics_create() -> None:
     """Create every missing pipeline and DLQ topic (configured partitions and replication)."""
     # Workers do this at start too; a deployment's init job runs it so that producers find the
     # topics, with production partitions and replication, before any worker has started.
+    from foundation.logging import configure_logging
     from streams.admin import create_topics
-    from streams.logging import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -491,14 +491,14 @@ def _console() -> Any:
 
 
 def _quiet_logs() -> None:
-    from streams.logging import configure_logging
+    from foundation.logging import configure_logging
 
     configure_logging("WARNING", "console")
 
 
 def _stage_errors(fn: Callable[[], Any]) -> Any:
     """Run a stage; a StageError is the user's input at fault: say so and exit 2, no traceback."""
-    from streams.errors import StageError
+    from foundation.errors import StageError
 
     try:
         return fn()
@@ -845,9 +845,9 @@ def demo(
     ] = None,
 ) -> None:
     """A real cover end to end: local broker + S3, one worker per stage, a generated song."""
+    from foundation.logging import configure_logging
     from frontends.cli_models import download_bars
     from frontends.demo import run_demo
-    from streams.logging import configure_logging
 
     settings = get_settings()
     configure_logging("WARNING", "console")

@@ -197,8 +197,8 @@ def doctor(
     ] = True,
 ) -> None:
     """Check this machine: torch and device, ffmpeg, models, broker, S3, topics, disk."""
+    from foundation.logging import configure_logging
     from frontends.doctor import run_checks
-    from streams.logging import configure_logging
 
     configure_logging("ERROR", "console")
     colours = {"ok": typer.colors.GREEN, "warn": typer.colors.YELLOW, "fail": typer.colors.RED}

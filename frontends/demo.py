@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.registry import STAGE_NAMES
+from foundation.logging import get_logger
 from frontends.stack import StackConfig, status, up
 from schemas.events import JobOptions, TrackFailed, TrackReady
-from streams.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -190,8 +190,8 @@ def run_demo(
     epochs: int | None = None,
 ) -> TrackReady | TrackFailed:
     """Run the demo; returns the job's last event. ``follow(store, job_id, timeout)`` shows it."""
+    from foundation.device import resolve_device
     from streams.client import submit_job
-    from streams.device import resolve_device
     from streams.store import S3Store
 
     if pull:

@@ -16,12 +16,14 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import lfilter
+
+from foundation.levels import fit_length
+from foundation.resample import resample
 
 F0_HOP_S = 0.005
 """Frame period of the f0 tracks returned here (5 ms, WORLD's default)."""
@@ -76,23 +78,6 @@ _SENTENCES = (
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling along axis 0 (exact for integer ratios such as 22050 -> 44100)."""
-    if sr_in == sr_out:
-        return audio.astype(np.float32, copy=False)
-    factor = gcd(sr_in, sr_out)
-    out = resample_poly(audio, sr_out // factor, sr_in // factor, axis=0)
-    return out.astype(np.float32)
-
-
-def fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim or zero-pad along axis 0 to exactly ``samples``."""
-    if len(audio) >= samples:
-        return audio[:samples]
-    pad = [(0, samples - len(audio))] + [(0, 0)] * (audio.ndim - 1)
-    return np.pad(audio, pad)
 
 
 def db_to_gain(db: float) -> float:

@@ -61,7 +61,7 @@ def run_checks(
 
 
 def torch_checks(settings: Settings, stages: set[str]) -> list[Check]:
-    from streams.device import device_report
+    from foundation.device import device_report
 
     report = device_report(settings.device)
     build = f"CUDA {report.cuda_build}" if report.cuda_build else "CPU-only build"

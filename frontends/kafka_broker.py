@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streams.logging import get_logger
+from foundation.logging import get_logger
 from streams.ports import free_port
 
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agents.registry import STAGES
+from foundation.errors import StageError, TransientError
 from schemas.events import Event, JobOptions, JobProgress, TrackReady, encode
 from schemas.flow import STAGES as FLOW
 from streams.client import upload_job
-from streams.errors import StageError, TransientError
 from streams.metrics import Metrics
 from streams.runner import Outcome, Runner
 from streams.settings import Settings
@@ -66,8 +66,8 @@ def run_cover(
 ) -> tuple[TrackReady, Path]:
     """Run every stage on ``song``; returns ``track.ready`` and the track's path on disk.
 
-    A stage's failure raises :class:`streams.errors.StageError` with the code and message of the
-    ``track.failed`` a worker would answer (:class:`~streams.errors.TransientError` when that
+    A stage's failure raises :class:`foundation.errors.StageError` with the code and message of the
+    ``track.failed`` a worker would answer (:class:`~foundation.errors.TransientError` when that
     answer is retriable).
     """
     store = LocalStore(store_dir)

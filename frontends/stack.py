@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.logging import get_logger
+from foundation.logging import get_logger
 from streams.settings import DEFAULT_STACK_BROKER, KAFKA_DIR, BrokerKind
 
 log = get_logger(__name__)

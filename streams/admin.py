@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from streams.logging import get_logger
+from foundation.logging import get_logger
 from streams.settings import Settings
 from streams.topics import all_topics, physical
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from foundation.errors import StageError
 from schemas.events import S3_KEY_MARK, Event
 from streams import keys as keylayout
-from streams.errors import StageError
 from streams.settings import Settings
 from streams.store import ObjectStore
 

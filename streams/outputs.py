@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from foundation.logging import get_logger
 from streams import keys as keylayout
-from streams.logging import get_logger
 from streams.stage import StageContext
 from streams.store import ObjectNotFound, ObjectStore, get_json, put_json
 

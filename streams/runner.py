@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from foundation.errors import StageError, TransientError, is_retriable
+from foundation.logging import get_logger, job_context
 from schemas.events import (
     Event,
     EventDecodeError,
@@ -48,9 +50,7 @@ from schemas.events import (
     peek_job_id,
 )
 from streams import keys as keylayout
-from streams.errors import StageError, TransientError, is_retriable
 from streams.keypolicy import KeyPolicy
-from streams.logging import get_logger, job_context
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.stage import Handler, StageContext
@@ -432,7 +432,7 @@ class Runner:
         permanent: bool = False,
     ) -> Outcome:
         """Answer with ``track.failed`` (and the DLQ copy). Whether it is retriable is the code's
-        (``streams.errors.RETRIABLE_CODES``), unless the failure is ``permanent``: a send the
+        (``foundation.errors.RETRIABLE_CODES``), unless the failure is ``permanent``: a send the
         broker refused for good, which no replay cures."""
         name = self.stage.stage
         retriable = is_retriable(code) and not permanent

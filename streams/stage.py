@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.progress import ProgressFn
 from schemas.events import Event
 from streams.settings import Settings
 from streams.store import ObjectStore
-
-ProgressFn = Callable[[float, str], None]
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -56,7 +55,7 @@ def resolve_handler(handler: HandlerRef) -> Handler:
 
 def fetch(ctx: StageContext, key: str | None, name: str) -> Path:
     """Download ``key`` into the job's work dir as ``name``; a missing key is the input's fault."""
-    from streams.errors import StageError
+    from foundation.errors import StageError
     from streams.store import ObjectNotFound
 
     if not key:

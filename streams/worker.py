@@ -37,8 +37,8 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
+from foundation.logging import configure_logging, get_logger
 from streams.admin import TopicProbe
-from streams.logging import configure_logging, get_logger
 from streams.metrics import Metrics
 from streams.ports import free_port
 from streams.runner import Runner, SendError
@@ -556,9 +556,9 @@ def _update_lag(app: faust.App, metrics: Metrics, stage: str) -> None:
 def worker_device(settings: Settings, uses_device: bool) -> str:
     """The device this stage's work runs on (the CPU for a stage that uses none), chosen once at
     start and logged. A configured GPU that is not usable raises
-    :class:`streams.device.DeviceUnavailable`: the worker does not start rather than run on the
+    :class:`foundation.device.DeviceUnavailable`: the worker does not start rather than run on the
     CPU unannounced."""
-    from streams.device import DeviceUnavailable, resolve_device
+    from foundation.device import DeviceUnavailable, resolve_device
 
     if not uses_device:
         return "cpu"

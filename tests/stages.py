@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+from foundation.errors import StageError
 from schemas.events import (
     SongUploaded,
     VocalsConverted,
@@ -19,7 +20,6 @@ from schemas.events import (
     VoiceTrained,
 )
 from streams import keys as keylayout
-from streams.errors import StageError
 from streams.stage import StageContext, all_exist
 from streams.store import ObjectNotFound
 

@@ -18,10 +18,10 @@ from agents.converter.stage import (
     convert_vocals,
     measure_quality,
 )
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import ConversionOptions, ConversionQuality, VocalsConverted, VoiceTrained
-from streams.errors import StageError
 from streams.keys import CONVERTED, sha256_file
-from streams.logging import get_logger
 from streams.outputs import Output, OutputFile, Produced, plan_output, produce
 from streams.stage import StageContext, fetch
 

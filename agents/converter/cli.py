@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.converter.stage import ConversionResult, convert_vocals
+from foundation.errors import StageError
 from schemas.events import ConversionOptions
-from streams.errors import StageError
 from streams.settings import Settings, get_settings
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from foundation.logging import get_logger
 from streams.keys import sha256_file
-from streams.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -160,7 +160,7 @@ def cached_content_encoder(path: Path, device: torch.device, cache: ModelCache) 
 
     path = Path(path)
     if not path.exists():
-        from streams.errors import StageError
+        from foundation.errors import StageError
 
         raise StageError("model_not_found", f"content encoder {path} does not exist")
     key = f"encoder:{_file_identity(path)}:{device}"

@@ -21,7 +21,6 @@ This follows RVC WebUI's published inference recipe, step by step:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,10 +28,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agents.voice.segments import quiet_cut_points, spans
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
+from foundation.segments import quiet_cut_points, spans
 from schemas.events import ConversionOptions
 from streams.allocator import release_freed_memory
-from streams.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -46,7 +46,6 @@ SPEAKER_ID = 0
 # Prior noise makes every run differ; a fixed seed per piece makes a conversion reproducible.
 NOISE_SEED = 1234
 
-ProgressFn = Callable[[float, str], None]
 LoadedIndex = tuple[Any, np.ndarray]  # (faiss index, the training features it holds)
 
 
@@ -54,7 +53,9 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
-class ContentEncoder(Protocol):
+class ContentExtractor(Protocol):
+    """What the pipeline needs of a content encoder (agents.voice.content.ContentEncoder)."""
+
     def extract(self, audio16k: torch.Tensor, version: str) -> Any:
         """``(frames, 768 | 256)`` content features at 50 frames per second."""
         ...
@@ -308,7 +309,7 @@ def _pieces(
 
 
 def _features(
-    encoder: ContentEncoder, audio: np.ndarray, version: str, device: torch.device
+    encoder: ContentExtractor, audio: np.ndarray, version: str, device: torch.device
 ) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     with torch.no_grad():
@@ -331,7 +332,7 @@ class PreparedPiece:
 
 def prepare_piece(
     voice_model: Any,
-    encoder: ContentEncoder,
+    encoder: ContentExtractor,
     index: LoadedIndex | None,
     audio16k: np.ndarray,
     frames: int,
@@ -343,7 +344,7 @@ def prepare_piece(
     device = next(voice_model.synthesizer.parameters()).device
     source = _features(encoder, audio16k, voice_model.version, device).cpu()
     if source.shape[1] != voice_model.phone_dim:
-        from streams.errors import StageError
+        from foundation.errors import StageError
 
         raise StageError(
             "model_mismatch",
@@ -422,7 +423,7 @@ def synthesize(
 def convert_audio16k(
     audio16k: np.ndarray,
     voice_model: Any,
-    encoder: ContentEncoder,
+    encoder: ContentExtractor,
     index: LoadedIndex | None,
     params: ConversionOptions,
     f0_extractor: PitchExtractor | None,
@@ -435,7 +436,7 @@ def convert_audio16k(
     ``batch_pieces`` pieces go through the synthesizer together (worth it on a GPU).
     """
     if len(audio16k) < WINDOW:
-        from streams.errors import StageError
+        from foundation.errors import StageError
 
         raise StageError("empty_audio", "the vocals are shorter than one 10 ms frame")
     tgt_sr = int(voice_model.tgt_sr)
@@ -517,16 +518,10 @@ def synth_hop(voice_model: Any) -> int:
     return int(hop)
 
 
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
-
-
 def convert_rvc(
     vocals_path: Path,
     voice_model: Any,
-    encoder: ContentEncoder,
+    encoder: ContentExtractor,
     index: LoadedIndex | None,
     params: ConversionOptions,
     f0_extractor: PitchExtractor | None,
@@ -540,7 +535,8 @@ def convert_rvc(
     The rate is the model's own (32/40/48 kHz) unless ``output_sr`` asks for another (the
     stems' rate, so the mixer lines the vocals up with the accompaniment).
     """
-    from agents.voice.audio import highpass_48hz, load_audio, resample
+    from foundation.audio import highpass_48hz, load_audio
+    from foundation.resample import resample
 
     audio16k = highpass_48hz(load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True)
     converted = convert_audio16k(

@@ -14,7 +14,7 @@ over the accompaniment sample for sample.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +30,18 @@ from agents.converter.models import (
     shared_cache,
 )
 from agents.voice import world
+from foundation.device import resolve_device
+from foundation.errors import StageError
+from foundation.levels import fit_length
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from schemas.events import ConversionOptions, ConversionQuality
 from schemas.vocabulary import WORLD_F0_METHODS, VoiceKind
-from streams.device import resolve_device
-from streams.errors import StageError
-from streams.logging import get_logger
 from streams.outputs import OutputParams
 from streams.settings import Settings
 
 log = get_logger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 # Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
 LOUDNESS_WINDOW_S = 0.05
@@ -258,9 +259,9 @@ def convert_vocals(
 
     Writes FLAC at ``settings.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
     Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
-    ``unsafe_model`` and the audio decoding codes of :func:`agents.voice.audio.load_audio`.
+    ``unsafe_model`` and the audio decoding codes of :func:`foundation.audio.load_audio`.
     """
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     vocals_path = Path(vocals_path)
     voice = (
@@ -295,7 +296,7 @@ def convert_vocals(
             f0_method,
         )
         semitones, key_method = report.semitones, report.key_method
-        converted = _fit(np.asarray(converted, dtype=np.float32), len(vocals))
+        converted = fit_length(np.asarray(converted, dtype=np.float32), len(vocals))
     else:
         if key is not None:
             params = params.model_copy(update={"f0_up_key": key})
@@ -305,10 +306,10 @@ def convert_vocals(
         del vocals
         converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
         if out_sr != sr:
-            from agents.voice.audio import resample
+            from foundation.resample import resample
 
             converted = resample(converted, out_sr, sr)
-        converted = _fit(np.asarray(converted, dtype=np.float32), length)
+        converted = fit_length(np.asarray(converted, dtype=np.float32), length)
 
     out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +334,7 @@ def measure_quality(
     """The quality report of a conversion (``dataset_files``: the voice's recordings; empty
     when the job named a model, and then there is no similarity to report)."""
     from agents.voice import quality
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     sr = quality.ANALYSIS_SR
     voice = (

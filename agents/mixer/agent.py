@@ -12,12 +12,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.mixer.encode import content_type
 from agents.mixer.stage import TrackParams, mix_track
+from foundation.encode import content_type
+from foundation.logging import get_logger
 from schemas.events import StageRecord, TrackReady, VocalsConverted
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from streams.keys import TRACKS, sha256_file
-from streams.logging import get_logger
 from streams.outputs import Output, OutputFile, Produced, plan_output, produce
 from streams.stage import StageContext, fetch
 

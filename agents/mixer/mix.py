@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional
 
 from agents.mixer.effects import apply_chain, get_effect, vocal_chain
+from foundation.errors import StageError
+from foundation.levels import fit_length
+from foundation.logging import get_logger
+from foundation.resample import resample
 from schemas.events import MixOptions
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, STEM_ROLES, VOCALS
-from streams.errors import StageError
-from streams.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -72,14 +72,6 @@ def _to_stereo(audio: np.ndarray) -> np.ndarray:
     return audio[:, :CHANNELS]
 
 
-def _resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    if source_rate == target_rate:
-        return audio
-    tensor = torch.from_numpy(np.ascontiguousarray(audio.T))
-    resampled = torchaudio.functional.resample(tensor, source_rate, target_rate)
-    return np.ascontiguousarray(resampled.numpy().T, dtype=np.float32)
-
-
 def align_stems(
     stems: Mapping[str, Stem], sample_rate: int | None = None
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -105,14 +97,11 @@ def align_stems(
         )
 
     aligned = {
-        name: _to_stereo(_resample(stem.audio, stem.sample_rate, rate))
+        name: _to_stereo(resample(stem.audio, stem.sample_rate, rate))
         for name, stem in stems.items()
     }
     length = max(audio.shape[0] for audio in aligned.values())
-    padded = {
-        name: np.pad(audio, ((0, length - audio.shape[0]), (0, 0)))
-        for name, audio in aligned.items()
-    }
+    padded = {name: fit_length(audio, length) for name, audio in aligned.items()}
     return padded, rate
 
 

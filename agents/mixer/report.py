@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyworld
-import torch
-import torchaudio.functional
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -27,9 +25,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import stft
 
-from agents.mixer.encode import decode
+from foundation.audio import decode
+from foundation.levels import peak_db
+from foundation.logging import get_logger
+from foundation.resample import resample
 from streams.keys import job_event_key, job_prefix
-from streams.logging import get_logger
 from streams.store import ObjectNotFound, ObjectStore, get_json
 
 log = get_logger(__name__)
@@ -64,14 +64,11 @@ class _Track:
 
 def _load(name: str, path: Path) -> _Track:
     audio, rate = decode(path)
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    mono = torch.from_numpy(audio.mean(axis=1))
-    if rate != ANALYSIS_RATE:
-        mono = torchaudio.functional.resample(mono, rate, ANALYSIS_RATE)
+    mono = resample(audio.mean(axis=1), rate, ANALYSIS_RATE)
     return _Track(
         name=name,
-        audio=mono.numpy().astype(np.float64),
-        peak_db=20 * np.log10(peak) if peak > 0 else float("-inf"),
+        audio=mono.astype(np.float64),
+        peak_db=peak_db(audio),
         duration_s=audio.shape[0] / rate,
     )
 

@@ -9,13 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.mixer import encode as encoding
 from agents.mixer.loudness import integrated_loudness, normalise, true_peak_db
 from agents.mixer.mix import align_stems, combine, read_stem
+from foundation import encode as encoding
+from foundation.audio import decode
+from foundation.logging import get_logger
+from foundation.probe import probe
+from foundation.progress import ProgressFn
 from schemas.events import MixOptions, OutputOptions
-from streams.logging import get_logger
 from streams.outputs import OutputParams
-from streams.stage import ProgressFn
 
 log = get_logger(__name__)
 
@@ -47,12 +49,12 @@ def measure_track(path: Path, fmt: str) -> MixResult:
     Measured on the decoded file rather than the float mix, so a lossy encoder's own level
     changes are in the reported numbers.
     """
-    info = encoding.probe(path)
-    audio, sample_rate = encoding.decode(path)
+    info = probe(path)
+    audio, sample_rate = decode(path)
     return MixResult(
         path=path,
         format=fmt,
-        duration_s=round(info.duration_s, 3),
+        duration_s=round(info.duration_s or 0.0, 3),
         loudness_lufs=_rounded(integrated_loudness(audio, sample_rate)),
         true_peak_db=round(true_peak_db(audio), 2),
     )

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.separator.stage import SeparationParams, StemsParams, separate
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import SongUploaded, VocalsSeparated
-from streams.errors import StageError
 from streams.keys import STEMS, sha256_file
-from streams.logging import get_logger
 from streams.outputs import Output, OutputFile, Produced, plan_output, produce
 from streams.stage import StageContext, fetch
 from streams.store import ObjectNotFound

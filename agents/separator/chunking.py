@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from agents.separator.backends.base import Stems
-from streams.stage import ProgressFn
+from foundation.progress import ProgressFn
 
 ReadFn = Callable[[int, int], np.ndarray]
 ProcessFn = Callable[[np.ndarray], Stems]

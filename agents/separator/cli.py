@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.separator.stage import SeparationParams, SeparationResult, separate
+from foundation.progress import ProgressFn
 from streams.settings import Settings, get_settings
-from streams.stage import ProgressFn
 
 
 def separate_command(

@@ -4,58 +4,29 @@ Any container/codec ffmpeg reads (wav, mp3, flac, ogg, m4a/aac, ...), any channe
 rate becomes a float32 stereo WAV at 44.1 kHz on disk. Audio is never held in memory whole: ffmpeg
 writes the temp WAV and the checks read it back in blocks, so a 15-minute song costs a few MB.
 
-Each way an input can be bad has its own error code (see ``streams.errors.ERROR_CODES``); size and
-duration are checked with ``ffprobe`` before anything is decoded.
+Each way an input can be bad has its own error code (see ``foundation.errors.ERROR_CODES``); size
+and duration are checked with ``ffprobe`` before anything is decoded.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.levels import loudest_window_dbfs
+from foundation.logging import get_logger
+from foundation.probe import ProbeInfo, probe, riff_shortfall
 from streams.settings import Settings
 
 log = get_logger(__name__)
 
 CHANNELS = 2
-BLOCK_FRAMES = 1 << 16
 # Decoded audio shorter than this share of the duration the container declares is truncated.
 _TRUNCATION_TOLERANCE = 0.98
-# Silence is judged per block of this many seconds: one loud second makes a song not silent.
-_LEVEL_WINDOW_S = 1.0
-
-# Leading bytes of containers ffmpeg reads: a file that starts like one of these but cannot be
-# probed is a damaged audio file, anything else is not audio at all.
-_AUDIO_MAGIC: tuple[bytes, ...] = (
-    b"RIFF",
-    b"fLaC",
-    b"ID3",
-    b"OggS",
-    b"FORM",
-    b"caff",
-    b"\x1aE\xdf\xa3",
-)
-
-
-@dataclass(frozen=True)
-class ProbeInfo:
-    """What ffprobe says about a file before it is decoded."""
-
-    format_name: str
-    codec: str
-    channels: int
-    sample_rate: int
-    duration_s: float | None
 
 
 @dataclass(frozen=True)
@@ -70,95 +41,6 @@ class DecodedAudio:
     @property
     def duration_s(self) -> float:
         return self.frames / self.sample_rate
-
-
-def _looks_like_audio(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-    if head.startswith(_AUDIO_MAGIC) or head[4:8] == b"ftyp":
-        return True
-    # MPEG audio frame sync (mp3/aac ADTS without an ID3 tag): 11 set bits.
-    return len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0
-
-
-def _riff_shortfall(path: Path) -> int:
-    """Bytes missing from a WAV's data chunk (0 if whole or not a WAV).
-
-    ffprobe sizes a WAV from the file, not the header, so a cut-off upload looks complete to it.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        header = handle.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-            return 0
-        offset = 12
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk = handle.read(8)
-            chunk_size = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
-                # 0 and 0xFFFFFFFF mark streamed WAVs whose writer could not seek back.
-                if chunk_size in (0, 0xFFFFFFFF):
-                    return 0
-                return max(0, offset + 8 + chunk_size - size)
-            offset += 8 + chunk_size + (chunk_size & 1)
-    return 0
-
-
-def _require_tools() -> None:
-    for tool in ("ffmpeg", "ffprobe"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(
-                f"{tool} is not installed: the separator needs ffmpeg to decode audio"
-            )
-
-
-def probe(path: str | Path) -> ProbeInfo:
-    """Read the first audio stream's properties with ffprobe (no decoding)."""
-    _require_tools()
-    path = Path(path)
-    result = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-print_format",
-            "json",
-            "-show_format",
-            "-show_streams",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unreadable"
-        if _looks_like_audio(path):
-            raise StageError("corrupt_audio", f"{path.name}: audio file is damaged ({reason})")
-        raise StageError("not_audio", f"{path.name}: not an audio file ffmpeg can read ({reason})")
-    info = json.loads(result.stdout or "{}")
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
-    if not streams:
-        raise StageError("not_audio", f"{path.name}: the file holds no audio stream")
-    stream = streams[0]
-    duration = _float_or_none(stream.get("duration")) or _float_or_none(
-        info.get("format", {}).get("duration")
-    )
-    return ProbeInfo(
-        format_name=str(info.get("format", {}).get("format_name", "")),
-        codec=str(stream.get("codec_name", "")),
-        channels=int(stream.get("channels") or 0),
-        sample_rate=int(stream.get("sample_rate") or 0),
-        duration_s=duration,
-    )
-
-
-def _float_or_none(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
 
 
 def check_size(path: Path, settings: Settings) -> None:
@@ -179,36 +61,6 @@ def _too_long(name: str, duration_s: float, settings: Settings) -> StageError:
         f"{name}: {duration_s:.1f} s is over the limit of {settings.max_audio_duration_s:g} s "
         "(SINGTOME_MAX_AUDIO_DURATION_S)",
     )
-
-
-def read_blocks(path: str | Path, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """Yield ``(frames, channels)`` float32 blocks of a sound file, in order."""
-    with sf.SoundFile(str(path)) as handle:
-        while True:
-            block = handle.read(block_frames, dtype="float32", always_2d=True)
-            if not len(block):
-                return
-            yield block
-
-
-def loudest_window_dbfs(path: str | Path, sample_rate: int) -> float:
-    """RMS level (dBFS) of the loudest ``_LEVEL_WINDOW_S`` window, read block by block.
-
-    Raises ``invalid_audio`` at the first NaN or infinite sample (a float WAV can hold them and
-    ffmpeg passes them on): they would poison every stage after this one.
-    """
-    window = max(1, int(_LEVEL_WINDOW_S * sample_rate))
-    loudest = 0.0
-    for index, block in enumerate(read_blocks(path, window)):
-        finite = np.isfinite(block)
-        if not finite.all():
-            frame = index * window + int(np.argmin(finite.all(axis=1)))
-            raise StageError(
-                "invalid_audio",
-                f"the audio holds a NaN or infinite sample (at {frame / sample_rate:.3f} s)",
-            )
-        loudest = max(loudest, float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))))
-    return 20.0 * math.log10(loudest) if loudest > 0 else -math.inf
 
 
 def _channel_layout_args(channels: int) -> list[str]:
@@ -236,7 +88,7 @@ def decode(
     info = probe(song_path)
     if info.duration_s is not None and info.duration_s > settings.max_audio_duration_s:
         raise _too_long(song_path.name, info.duration_s, settings)
-    missing = _riff_shortfall(song_path)
+    missing = riff_shortfall(song_path)
     if missing:
         raise StageError(
             "corrupt_audio", f"{song_path.name}: truncated WAV, {missing} bytes of audio missing"

@@ -24,13 +24,13 @@ from agents.separator.backends import (
 )
 from agents.separator.chunking import FlacStemWriter, ProcessFn, WavReader, run_chunked
 from agents.separator.decode import decode
+from foundation.errors import StageError
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from schemas.events import SeparatorOptions
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
-from streams.errors import StageError
-from streams.logging import get_logger
 from streams.outputs import OutputParams
 from streams.settings import Settings
-from streams.stage import ProgressFn
 
 log = get_logger(__name__)
 
@@ -197,7 +197,7 @@ class SeparationPipeline:
 
 
 def build_pipeline(params: SeparationParams, settings: Settings) -> SeparationPipeline:
-    from streams.device import resolve_device
+    from foundation.device import resolve_device
 
     device = str(resolve_device(settings.device))
     separator = load_backend(params.separation_model, settings.model_dir, device)

@@ -20,11 +20,11 @@ from agents.trainer.stage import (
     train_voice,
     voice_kind,
 )
+from foundation.errors import StageError
+from foundation.logging import get_logger
 from schemas.events import VocalsSeparated, VoiceTrained
-from streams.errors import StageError
 from streams.keypolicy import confined
 from streams.keys import VOICES, sha256_file, voice_key
-from streams.logging import get_logger
 from streams.outputs import Output, OutputFile, Produced, plan_output, produce
 from streams.stage import StageContext, fetch
 

@@ -31,8 +31,8 @@ from torch.utils.data import Dataset, Sampler
 
 from agents.voice.configs import PHONE_DIMS, AudioConfig, Version
 from agents.voice.modules.spectral import linear_spectrogram
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger()
 

@@ -16,7 +16,6 @@ fails (NaN features, an extractor error) is reported and left without outputs, s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,12 +33,12 @@ from agents.trainer.preprocess import (
 )
 from agents.voice.content import ContentEncoder
 from agents.voice.f0 import CrepeModel, F0Extractor, coarse_f0, get_f0_extractor
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 
 log = get_logger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 FeatureVersion = Literal["v1", "v2"]
 
 

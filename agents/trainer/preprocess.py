@@ -16,20 +16,21 @@ ending the job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from agents.voice.audio import highpass_48hz, load_audio, resample, rms_db
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.audio import highpass_48hz, load_audio
+from foundation.errors import StageError
+from foundation.levels import rms_db
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
+from foundation.resample import resample
 
 log = get_logger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 # The experiment folder, as RVC WebUI lays it out (features.py writes the derived folders).
 GT_WAVS_DIR = "0_gt_wavs"

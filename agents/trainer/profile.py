@@ -8,20 +8,20 @@ average spectral envelope. It takes seconds, needs no model weights, and is stor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from agents.voice.audio import load_audio
 from agents.voice.world import EnvelopeStats, VoiceProfile, analyse_f0_and_envelope
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.audio import load_audio
+from foundation.errors import StageError
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 
 PROFILE_FILE = "profile.npz"
 MIN_VOICED_S = 2.0
 """Less voiced audio than this gives averages too noisy to describe a voice."""
 MAX_ANALYSIS_SR = 48000
 
-ProgressFn = Callable[[float, str], None]
 
 log = get_logger(__name__)
 
@@ -37,11 +37,11 @@ def _native_rate(path: Path) -> int:
     try:
         return int(sf.info(str(path)).samplerate)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        try:
-            from pydub.utils import mediainfo
+        from foundation.probe import probe
 
-            return int(mediainfo(str(path)).get("sample_rate", 44100))
-        except (OSError, ValueError):
+        try:
+            return probe(path).sample_rate or 44100
+        except (StageError, RuntimeError):
             return 44100
 
 

@@ -8,22 +8,22 @@ the same dataset instead, and says so: ``kind`` is ``'world'``, never ``'rvc'``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from agents.trainer.profile import learn_profile_file
+from foundation.errors import StageError
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 from schemas.events import VoiceOptions
 from schemas.vocabulary import F0Method, SampleRate, VoiceKind
-from streams.errors import StageError
-from streams.logging import get_logger
 from streams.outputs import OutputParams
 from streams.settings import Settings
 
 log = get_logger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 MODEL_FILE = "model.pth"
 INDEX_FILE = "model.index"
@@ -96,7 +96,7 @@ def voice_kind(settings: Settings) -> VoiceKind:
 
 def readable_audio(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """The files ffmpeg can decode, and a 'name: reason' line for each one it cannot."""
-    from agents.voice.audio import load_audio
+    from foundation.audio import load_audio
 
     good: list[Path] = []
     skipped: list[str] = []
@@ -224,7 +224,7 @@ def _train_rvc(
 
 
 def _device(settings: Settings) -> str:
-    from streams.device import resolve_device
+    from foundation.device import resolve_device
 
     return str(resolve_device(settings.device))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -43,12 +42,13 @@ from agents.voice.discriminator import MultiPeriodDiscriminator
 from agents.voice.modules.commons import slice_segments
 from agents.voice.modules.spectral import mel_spectrogram, spec_to_mel
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
-from streams.device import DeviceUnavailable, resolve_device
-from streams.logging import get_logger
+from foundation.device import DeviceUnavailable, resolve_device
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
 
 log = get_logger()
 
-ProgressCallback = Callable[[float, str], None]
+ProgressCallback = ProgressFn
 TrainPrecision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
@@ -248,7 +248,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def train_model(
-    exp_dir: Path, config: TrainConfig, progress: ProgressCallback | None = None
+    exp_dir: Path, config: TrainConfig, progress: ProgressFn | None = None
 ) -> TrainResult:
     """Train (or resume training) a voice model on ``exp_dir`` and export it.
 

@@ -18,7 +18,6 @@ refused (``unsafe_model``), never executed.
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -30,8 +29,9 @@ from torch import nn
 
 from agents.voice.configs import PHONE_DIMS, SAMPLE_RATES, SynthesizerConfig, Version
 from agents.voice.synthesizer import Synthesizer
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.checkpoint import load_checkpoint
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger()
 
@@ -43,28 +43,6 @@ def _sample_rate_name(sampling_rate: int) -> str:
         if rate == sampling_rate:
             return name
     return f"{sampling_rate // 1000}k"
-
-
-def safe_load(path: Path) -> Any:
-    """``torch.load`` that never runs pickled code; maps failures to stage error codes."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError("model_not_found", f"model file {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # The weights-only unpickler names the forbidden GLOBAL when a file references code;
-        # other unpickling failures are just broken or foreign files.
-        if "GLOBAL" in str(exc):
-            raise StageError(
-                "unsafe_model",
-                f"{path.name} needs pickled Python code to load; refusing to execute it",
-            ) from exc
-        raise StageError("invalid_model", f"{path.name} is not a PyTorch checkpoint") from exc
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        raise StageError(
-            "invalid_model", f"{path.name} is not a readable PyTorch checkpoint: {exc}"
-        ) from exc
 
 
 # --- inference model --------------------------------------------------------------------------
@@ -144,7 +122,7 @@ def load_voice_model(
 ) -> VoiceModel:
     """Load an RVC inference checkpoint (ours, RVC WebUI's or Applio's) onto ``device``."""
     path = Path(path)
-    checkpoint = safe_load(path)
+    checkpoint = load_checkpoint(path)
     _require(isinstance(checkpoint, Mapping), path, "top level is not a dict")
     if "weight" not in checkpoint and "model" in checkpoint:
         raise StageError(
@@ -241,7 +219,7 @@ def save_training_checkpoint(
 def load_training_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> TrainingState:
-    checkpoint = safe_load(path)
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         raise StageError("invalid_model", f"{Path(path).name} is not a training checkpoint")
     try:
@@ -302,7 +280,7 @@ def load_pretrained(model: nn.Module, path: Path) -> PretrainedLoadReport:
     Tensors whose name and shape match are copied; the rest are reported, not fatal, so e.g. a
     generator pretrained with more speakers still initialises everything else.
     """
-    checkpoint = safe_load(path)
+    checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
         source = checkpoint["model"]
     elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("weight"), Mapping):

@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.checkpoint import load_checkpoint
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -316,22 +317,6 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
 # --------------------------------------------------------------------------------------------------
 
 
-_CODE_REFUSALS = (
-    "unsupported global",
-    "not an allowed global",
-    "reduce for unrecognized",
-    "can only build",
-    "can only create new object",
-)
-
-
-def refused_for_code(exc: BaseException) -> bool:
-    """Whether a ``weights_only`` load failed because the file asks to run code (as opposed
-    to the file being truncated or not a checkpoint at all)."""
-    message = str(exc).lower()
-    return any(reason in message for reason in _CODE_REFUSALS)
-
-
 class _InertConfigObject:
     """Stands in for a pickled fairseq/omegaconf config object: keeps its arguments and state,
     runs nothing. Only ever created while unpickling with ``weights_only``."""
@@ -349,14 +334,11 @@ def safe_torch_load(path: Path) -> Any:
     fairseq/omegaconf configuration classes to inert stand-ins; anything else that would need
     pickled code is ``StageError('unsafe_model')``."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not refused_for_code(exc):
-            raise StageError("invalid_model", f"{path.name} is not a torch checkpoint") from exc
+        return load_checkpoint(path, allowed=[argparse.Namespace])
+    except StageError as exc:
+        if exc.code != "unsafe_model":
+            raise
         first_error = exc
-    except Exception as exc:
-        raise StageError("invalid_model", f"{path.name} is not a torch checkpoint: {exc}") from exc
 
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

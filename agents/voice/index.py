@@ -14,8 +14,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from agents.voice.modules.generators import HiFiGANGenerator, NSFGenerator
 from agents.voice.synthesizer import PRIOR_NOISE_SCALE, Synthesizer
-from streams.logging import get_logger
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.logging import get_logger
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ def to_analysis_rate(audio: np.ndarray, sr: int) -> np.ndarray:
     if x.ndim > 1:
         x = x.mean(axis=1)
     if sr != ANALYSIS_SR:
-        from agents.voice.audio import resample
+        from foundation.resample import resample
 
         x = resample(x, sr, ANALYSIS_SR)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -26,7 +26,7 @@ from torch import nn
 
 from agents.voice.configs import PHONE_DIMS, SynthesizerConfig, Version
 from agents.voice.modules.commons import rand_slice_segments, slice_segments
-from agents.voice.modules.encoders import ContentEncoder, PosteriorEncoder
+from agents.voice.modules.encoders import PosteriorEncoder, PriorEncoder
 from agents.voice.modules.flows import ResidualCouplingBlock
 from agents.voice.modules.generators import HiFiGANGenerator, NSFGenerator
 from agents.voice.modules.weight_norm import use_public_weight_norm_keys
@@ -66,7 +66,7 @@ class Synthesizer(nn.Module):
         self.phone_dim = phone_dim
         self.use_f0 = use_f0
         self.segment_frames = config.segment_frames
-        self.enc_p = ContentEncoder(
+        self.enc_p = PriorEncoder(
             phone_dim,
             config.inter_channels,
             config.hidden_channels,

@@ -28,7 +28,6 @@ executed when one is loaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -37,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.voice.segments import quiet_cut_points, spans
+from foundation.errors import StageError
+from foundation.logging import get_logger
+from foundation.progress import ProgressFn
+from foundation.resample import resample
+from foundation.segments import quiet_cut_points, spans
 from schemas.vocabulary import WORLD_F0_METHODS
-from streams.errors import StageError
-from streams.logging import get_logger
 
 BACKEND = "world"
 PROFILE_KIND = "singtome-world-voice-profile"
@@ -93,7 +94,6 @@ APERIODICITY_FLOOR = 1e-6
 # 0.99 / 0.91 / 0.97 and 0.99 / 0.86 / 0.92).
 APERIODICITY_SMOOTH_HZ = 190.0
 
-ProgressFn = Callable[[float, str], None]
 
 log = get_logger(__name__)
 
@@ -511,7 +511,7 @@ def _fcpe_on_world_frames(audio: np.ndarray, sr: int, frames: int) -> np.ndarray
     global _FCPE
     if _FCPE is None:
         _FCPE = FcpeExtractor(f0_max=F0_CEIL_HZ)
-    x16 = _resample(np.asarray(audio, dtype=np.float64), sr, _FCPE_RATE).astype(np.float32)
+    x16 = resample(np.asarray(audio, dtype=np.float64), sr, _FCPE_RATE).astype(np.float32)
     track = np.asarray(_FCPE.compute(x16), dtype=np.float64)
     if not np.any(track > 0):
         return np.zeros(frames)
@@ -733,7 +733,7 @@ def _coarse_aperiodicity(
 
     if sr <= APERIODICITY_SR:
         return np.asarray(pyworld.d4c(segment, f0, times, sr)), sr
-    low = _resample(segment, sr, APERIODICITY_SR)
+    low = resample(segment, sr, APERIODICITY_SR).astype(np.float64)
     return np.asarray(pyworld.d4c(low, f0, times, APERIODICITY_SR)), APERIODICITY_SR
 
 
@@ -956,13 +956,6 @@ def match_spectrum(audio: np.ndarray, sr: int, profile: VoiceProfile) -> np.ndar
     gains = 10.0 ** (np.interp(freqs, GRID_HZ, correction) / 20.0)
     taps = firwin2(EQ_TAPS, freqs / nyquist, gains)
     return oaconvolve(np.asarray(audio, dtype=np.float64), taps, mode="same")
-
-
-def _resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    factor = math.gcd(sr_in, sr_out)
-    return np.ascontiguousarray(resample_poly(audio, sr_out // factor, sr_in // factor))
 
 
 def convert_world(

@@ -259,7 +259,8 @@ def test_whole_cover_through_four_workers(
     assert [r.stage for r in track.history] == ["separator", "trainer", "converter", "mixer"]
     local = tmp_path / "cover.mp3"
     local.write_bytes(line.store.get_bytes(track.track_key))
-    from agents.mixer.encode import decode, probe
+    from foundation.audio import decode
+    from foundation.probe import probe
 
     samples, rate = decode(local)
     assert probe(local).duration_s == pytest.approx(4.0, abs=0.1)

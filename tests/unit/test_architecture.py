@@ -33,13 +33,18 @@ def _rules() -> tuple[Rule, ...]:
         Rule("streams", ("agents", "frontends"), "the runtime knows no stage and no front end"),
         Rule(
             "schemas",
-            ("streams", "agents", "frontends"),
-            "the contract stands alone: it imports neither the runtime nor a stage",
+            ("foundation", "streams", "agents", "frontends"),
+            "the contract stands alone: it imports nothing of the project",
+        ),
+        Rule(
+            "foundation",
+            ("agents", "streams", "frontends"),
+            "the foundation imports no stage, no shared model code, no runtime, no front end",
         ),
         Rule(
             "agents.voice",
-            (*STAGE_PACKAGES, "frontends"),
-            "shared model code imports no stage and no front end",
+            (*STAGE_PACKAGES, "streams", "frontends"),
+            "shared model code imports the foundation and the schemas only: no stage, no runtime",
         ),
         Rule(
             "agents.registry",
@@ -137,7 +142,13 @@ def test_no_forbidden_import_in_the_project() -> None:
     paths = project_files()
     names = {module_name(path)[0] for path in paths}
     # The scan sees the whole project, so an empty answer means something.
-    for expected in ("streams.worker", "schemas.export", "agents.voice.world", "frontends.cli"):
+    for expected in (
+        "streams.worker",
+        "schemas.export",
+        "foundation.errors",
+        "agents.voice.world",
+        "frontends.cli",
+    ):
         assert expected in names
     assert violations(_modules(paths)) == []
 
@@ -155,6 +166,7 @@ def test_no_forbidden_import_in_the_project() -> None:
         ("schemas.export", "def doc():\n    from streams.topics import STAGES\n"),
         ("schemas.events", "from agents.registry import STAGES"),
         ("schemas.flow", "from frontends import cli"),
+        ("schemas.events", "from foundation.errors import ERROR_CODES"),
         ("agents.voice.world", "from agents.converter.segments import spans"),
         ("agents.voice.world", "from ..converter import segments"),
         ("agents.voice.f0.rmvpe", "from ...trainer.features import extract"),
@@ -165,7 +177,7 @@ def test_no_forbidden_import_in_the_project() -> None:
 )
 def test_a_forbidden_import_is_found(module: str, source: str) -> None:
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    pass\n" + source
-    found = violations([(module, module == "agents.voice", source)])
+    found = violations([(module, module in {"agents.voice", "foundation"}, source)])
     assert len(found) == 1 and found[0].startswith(f"{module}:"), found
 
 
@@ -184,6 +196,10 @@ def test_a_forbidden_import_is_found(module: str, source: str) -> None:
         ("agents.voice.f0", "from schemas.vocabulary import F0_METHODS"),
         ("tests.stages", "from agents.mixer.agent import handle\nfrom frontends import cli"),
         ("bench.convert", "from agents.converter.pipeline import convert_audio16k"),
+        ("agents.voice.world", "from foundation.errors import StageError\nimport schemas.events"),
+        ("streams.runner", "from foundation.logging import get_logger"),
+        ("agents.mixer.stage", "from foundation.audio import resample"),
+        ("foundation.audio", "from foundation.errors import StageError\nimport numpy"),
     ],
 )
 def test_an_allowed_import_is_not_flagged(module: str, source: str) -> None:

@@ -18,7 +18,7 @@ from agents.converter.agent import handle as convert_handle
 from agents.mixer.agent import handle as mix_handle
 from agents.trainer.profile import learn_profile
 from agents.voice import quality
-from agents.voice.audio import load_audio
+from foundation.audio import load_audio
 from frontends.demo_audio import accompaniment, parallel_pair, sung_vocal, write
 from schemas.events import (
     ConversionOptions,

@@ -28,8 +28,8 @@ from agents.converter.pipeline import (
 from agents.voice.checkpoint import VoiceModel, load_voice_model, save_inference_model
 from agents.voice.configs import get_config
 from agents.voice.f0 import coarse_f0, get_f0_extractor, median_filter_f0
-from agents.voice.segments import quiet_cut_points, spans
 from agents.voice.synthesizer import build_synthesizer
+from foundation.segments import quiet_cut_points, spans
 from frontends.demo_audio import sung_vocal, write
 from schemas.events import ConversionOptions
 

@@ -13,9 +13,9 @@ from agents.converter.cli import convert_command
 from agents.converter.models import ModelCache
 from agents.converter.stage import convert_vocals, find_voice_files, pitch_method
 from agents.trainer.profile import learn_profile
+from foundation.errors import StageError
 from frontends.demo_audio import speech_voice, sung_vocal, write
 from schemas.events import ConversionOptions, JobOptions, ObjectKeys, VocalsConverted, VoiceTrained
-from streams.errors import StageError
 from streams.settings import Settings
 from streams.stage import StageContext
 from streams.store import LocalStore

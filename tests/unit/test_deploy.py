@@ -711,7 +711,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else() -> Non
         for source in copy_sources(stage):
             assert (REPO / source).exists(), source
             assert not dockerignored(source, patterns), source
-    for package in ("schemas", "streams", "agents", "frontends"):
+    for package in ("schemas", "foundation", "streams", "agents", "frontends"):
         for module in (REPO / package).rglob("*.py"):
             relative = str(module.relative_to(REPO))
             assert "__pycache__" in relative or not dockerignored(relative, patterns), relative

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from streams.device import DeviceUnavailable, device_report, resolve_device
+from foundation.device import DeviceUnavailable, device_report, resolve_device
 from tests.pipeline import SINGTOME
 
 

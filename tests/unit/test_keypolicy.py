@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from foundation.errors import StageError
 from schemas.events import JobOptions, ObjectKeys, SongUploaded, VocalsSeparated, VoiceOptions
-from streams.errors import StageError
 from streams.keypolicy import KeyPolicy, confined, named_keys
 from streams.keys import key_form_problem
 from streams.settings import Settings

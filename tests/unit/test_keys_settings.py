@@ -80,7 +80,7 @@ def test_local_store(tmp_path: Path) -> None:
 
 
 def test_every_error_code_is_documented() -> None:
-    from streams.errors import error_codes_markdown
+    from foundation.errors import error_codes_markdown
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
     assert error_codes_markdown() in doc, "docs/reliability.md is stale: regenerate its table"

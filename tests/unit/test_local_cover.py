@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from foundation.errors import StageError
 from frontends.demo import make_demo_inputs
 from frontends.local import run_cover
 from schemas.events import JobOptions
-from streams.errors import StageError
 from streams.keys import job_event_key
 from streams.settings import Settings
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)

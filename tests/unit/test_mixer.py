@@ -11,13 +11,15 @@ import soundfile as sf
 from pydantic import ValidationError
 from scipy.signal import resample_poly
 
-from agents.mixer import encode as encoding
 from agents.mixer.effects import EFFECTS, VOCAL_CHAIN, apply_chain, get_effect, vocal_chain
 from agents.mixer.loudness import normalise, true_peak_db
 from agents.mixer.mix import STEM_LENGTH_TOLERANCE_S, Stem, align_stems, combine
 from agents.mixer.stage import mix_track
+from foundation import encode as encoding
+from foundation.audio import decode
+from foundation.errors import StageError
+from foundation.probe import probe
 from schemas.events import GAIN_DB_RANGE, MixOptions, OutputOptions
-from streams.errors import StageError
 
 RATE = 44100
 
@@ -258,11 +260,11 @@ def test_each_format_encodes_and_decodes_with_duration_and_tags(fmt: str, tmp_pa
         audio, RATE, tmp_path / f"song.{fmt}", fmt, bitrate="128k", title="Café Song", artist="Ana"
     )
 
-    info = encoding.probe(out)
+    info = probe(out)
     assert info.duration_s == pytest.approx(1.5, abs=0.06)  # lossy: encoder padding
     assert info.tags["title"] == "Café Song" and info.tags["artist"] == "Ana"
     assert info.channels == 2
-    decoded, rate = encoding.decode(out)
+    decoded, rate = decode(out)
     assert rate == RATE
     assert decoded.shape[0] / rate == pytest.approx(1.5, abs=0.06)
     assert dominant_hz(decoded) == pytest.approx(440, rel=0.005)

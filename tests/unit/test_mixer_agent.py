@@ -12,6 +12,7 @@ import pytest
 
 from agents.mixer import agent, report
 from agents.mixer.report import render_report, report_for_job
+from foundation.errors import StageError
 from frontends import demo_audio as audio_synth
 from schemas.events import (
     JobOptions,
@@ -22,7 +23,6 @@ from schemas.events import (
     TrackReady,
     VocalsConverted,
 )
-from streams.errors import StageError
 from streams.keys import job_event_key, track_key
 from streams.settings import Settings
 from streams.stage import StageContext

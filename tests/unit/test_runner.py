@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation.errors import StageError, TransientError
 from schemas.events import (
     Event,
     JobOptions,
@@ -17,7 +18,6 @@ from schemas.events import (
     VoiceOptions,
     encode,
 )
-from streams.errors import StageError, TransientError
 from streams.runner import Runner
 from streams.settings import Settings
 from streams.stage import StageContext
@@ -349,7 +349,7 @@ def test_a_replayed_input_is_a_duplicate_at_every_stage(tmp_path: Path) -> None:
 
 
 def test_retriability_is_the_codes_alone() -> None:
-    from streams.errors import ERROR_CODES, RETRIABLE_CODES, is_retriable
+    from foundation.errors import ERROR_CODES, RETRIABLE_CODES, is_retriable
 
     for code in ERROR_CODES:
         assert StageError(code, "x").retriable is (code in RETRIABLE_CODES) is is_retriable(code)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from foundation.errors import ERROR_CODES
 from schemas.events import (
     BY_TOPIC,
     JobOptions,
@@ -35,7 +36,6 @@ from schemas.events import (
     encode,
     is_valid_id,
 )
-from streams.errors import ERROR_CODES
 from streams.runner import Runner, _safe_job_id
 from streams.settings import Settings
 from streams.store import LocalStore

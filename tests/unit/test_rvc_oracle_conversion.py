@@ -26,13 +26,13 @@ import pytest
 import torch
 
 from agents.converter.pipeline import NOISE_SEED, convert_audio16k
-from agents.voice.audio import highpass_48hz
 from agents.voice.checkpoint import VoiceModel
 from agents.voice.configs import get_config
 from agents.voice.f0 import get_f0_extractor
 from agents.voice.index import build_index, load_index, save_index
 from agents.voice.inference import prepare_for_inference
 from agents.voice.synthesizer import build_synthesizer
+from foundation.audio import highpass_48hz
 from frontends.demo_audio import sung_vocal
 from schemas.events import ConversionOptions
 from streams.settings import Settings

@@ -18,9 +18,9 @@ import torch
 from scipy import signal
 
 from agents.converter.pipeline import mix_volume_envelope, pitch_track, prepare_piece
-from agents.voice.audio import highpass_48hz
 from agents.voice.f0 import get_f0_extractor, interpolate_unvoiced
 from agents.voice.index import build_index, load_index, save_index
+from foundation.audio import highpass_48hz
 from schemas.events import ConversionOptions
 from tests.rvc_reference import (
     ReferenceContentModel,

@@ -13,6 +13,7 @@ from agents.separator import agent
 from agents.separator.backends.spleeter import SpleeterBackend
 from agents.separator.cli import separate_command
 from agents.separator.stage import SeparationParams
+from foundation.errors import StageError
 from frontends import demo_audio as synth
 from schemas.events import (
     JobOptions,
@@ -22,7 +23,6 @@ from schemas.events import (
     VocalsSeparated,
     VoiceOptions,
 )
-from streams.errors import StageError
 from streams.keys import stem_key
 from streams.settings import Settings
 from streams.stage import StageContext

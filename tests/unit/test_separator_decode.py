@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 
 from agents.separator import decode as decode_module
-from agents.separator.decode import decode, loudest_window_dbfs
+from agents.separator.decode import decode
+from foundation.errors import StageError
+from foundation.levels import loudest_window_dbfs
 from frontends import demo_audio as synth
-from streams.errors import StageError
 from streams.settings import Settings
 
 DURATION_S = 2.0

@@ -23,8 +23,8 @@ from agents.separator.stage import (
     separate,
     song_roles,
 )
+from foundation.errors import StageError
 from frontends import demo_audio as synth
-from streams.errors import StageError
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

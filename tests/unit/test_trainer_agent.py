@@ -16,10 +16,10 @@ import torch
 import agents.trainer.agent as trainer_agent
 import agents.trainer.stage as trainer_stage
 from agents.trainer.agent import handle, voice_keys
+from foundation.errors import StageError
 from frontends.demo_audio import speech_voice
 from schemas.events import JobOptions, ObjectKeys, VocalsSeparated, VoiceOptions
 from streams import outputs
-from streams.errors import StageError
 from streams.outputs import write_manifest
 from streams.settings import Settings
 from streams.stage import StageContext

@@ -23,7 +23,7 @@ from agents.trainer.train import (
     train_model,
 )
 from agents.voice.configs import get_config
-from streams.device import DeviceUnavailable
+from foundation.device import DeviceUnavailable
 from tests.unit.test_trainer_train import make_exp_dir
 
 lengths_st = st.lists(st.integers(1, 1200), min_size=1, max_size=120)

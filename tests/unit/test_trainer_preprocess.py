@@ -26,7 +26,7 @@ from agents.trainer.preprocess import (
     split_segments,
 )
 from agents.voice.content import load_content_encoder
-from streams.errors import StageError
+from foundation.errors import StageError
 from tests.unit.test_voice_content import DIM, FINAL, fairseq_state, write_fairseq
 
 

@@ -15,7 +15,7 @@ from agents.trainer.losses import discriminator_loss, generator_loss, kl_loss
 from agents.trainer.train import TrainConfig, train_model
 from agents.voice.checkpoint import load_voice_model, training_checkpoints
 from agents.voice.configs import get_config
-from streams.errors import StageError
+from foundation.errors import StageError
 
 SR = 40000
 HOP = 400  # 40k: 100 spectrogram frames per second

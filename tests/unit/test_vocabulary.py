@@ -10,12 +10,12 @@ from typing import get_args
 import pytest
 
 from agents.mixer.effects import EFFECTS, VOCAL_CHAIN
-from agents.mixer.encode import FORMATS
 from agents.mixer.mix import STEM_NAMES
 from agents.separator.backends import BACKEND_REGISTRY, backend_kind
 from agents.voice.configs import SAMPLE_RATES as RVC_SAMPLE_RATES
 from agents.voice.f0 import F0_REGISTRY, get_f0_extractor
 from agents.voice.world import F0_METHODS as WORLD_METHODS
+from foundation.encode import FORMATS
 from schemas import vocabulary as vocab
 from schemas.events import (
     ConversionOptions,

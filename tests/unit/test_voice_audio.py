@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from agents.voice import audio as audio_module
-from agents.voice.audio import _highpass_coefficients, highpass_48hz, load_audio
+from foundation import audio as audio_module
+from foundation.audio import _highpass_coefficients, highpass_48hz, load_audio
 
 
 def _song(seconds: float, sr: int, channels: int) -> np.ndarray:

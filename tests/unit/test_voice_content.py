@@ -20,7 +20,7 @@ from agents.voice.content import (
     _rename,
     load_content_encoder,
 )
-from streams.errors import StageError
+from foundation.errors import StageError
 
 DIM, LAYERS, HEADS, FF, CONV, FINAL = 32, 2, 4, 48, 16, 8
 POS_KERNEL, POS_GROUPS = 16, 4

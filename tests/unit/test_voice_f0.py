@@ -22,7 +22,7 @@ from agents.voice.f0.rmvpe import (
     RmvpeNet,
     salience_to_f0,
 )
-from streams.errors import StageError
+from foundation.errors import StageError
 
 SR = 16_000
 

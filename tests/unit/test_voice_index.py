@@ -17,7 +17,7 @@ from agents.voice.index import (
     load_training_features,
     save_index,
 )
-from streams.errors import StageError
+from foundation.errors import StageError
 
 
 def clustered(n_per: int = 60, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -236,12 +236,12 @@ def test_volume_mix_memory_does_not_grow_with_the_song() -> None:
 def test_chunked_resampling_equals_resampling_the_whole(
     monkeypatch: pytest.MonkeyPatch, sr_in: int, sr_out: int
 ) -> None:
-    from agents.voice import audio as audio_module
+    from foundation import resample as resample_module
 
     rng = np.random.default_rng(1)
     signal = rng.standard_normal(sr_in * 3 + 77).astype(np.float32)
-    whole = audio_module._resample_whole(signal, sr_in, sr_out)
-    monkeypatch.setattr(audio_module, "RESAMPLE_CHUNK", 20_000)  # many chunks
-    chunked = audio_module.resample(signal, sr_in, sr_out)
+    whole = resample_module._resample_whole(signal, sr_in, sr_out)
+    monkeypatch.setattr(resample_module, "RESAMPLE_CHUNK", 20_000)  # many chunks
+    chunked = resample_module.resample(signal, sr_in, sr_out)
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(chunked, whole, atol=2e-6)

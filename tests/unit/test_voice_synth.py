@@ -20,7 +20,7 @@ from agents.voice.configs import PHONE_DIMS, SynthesizerConfig, get_config
 from agents.voice.discriminator import MultiPeriodDiscriminator
 from agents.voice.modules.attentions import RelativeSelfAttention
 from agents.voice.synthesizer import Synthesizer, build_synthesizer
-from streams.errors import StageError
+from foundation.errors import StageError
 
 VARIANTS = [("v1", True), ("v1", False), ("v2", True), ("v2", False)]
 

@@ -22,8 +22,9 @@ from agents.voice.world import (
     key_shift_semitones,
     plan_world,
 )
-from frontends.demo_audio import F0_HOP_S, resample, speech_voice, sung_vocal, write
-from streams.errors import StageError
+from foundation.errors import StageError
+from foundation.resample import resample
+from frontends.demo_audio import F0_HOP_S, speech_voice, sung_vocal, write
 
 SR = 44100
 

@@ -13,6 +13,7 @@ import numpy as np
 from pedalboard import time_stretch
 
 from agents.mixer.effects.base import from_board, to_board
+from foundation.levels import fit_length
 from schemas.events import MixOptions
 
 
@@ -31,10 +32,4 @@ class KeyShift:
             )
         )
         # The stretcher may return a few samples more or less; the mix needs the same length.
-        return _fit_length(shifted, audio.shape[0])
-
-
-def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
-    if audio.shape[0] >= length:
-        return audio[:length]
-    return np.pad(audio, ((0, length - audio.shape[0]), (0, 0)))
+        return fit_length(shifted, audio.shape[0])

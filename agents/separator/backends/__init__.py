@@ -16,9 +16,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems, fit_frames
+from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems
+from foundation.errors import StageError
 from schemas.vocabulary import SeparationBackendKind
-from streams.errors import StageError
 
 __all__ = [
     "BACKEND_REGISTRY",
@@ -26,7 +26,6 @@ __all__ = [
     "SeparationBackend",
     "Stems",
     "backend_kind",
-    "fit_frames",
     "load_backend",
 ]
 

@@ -27,10 +27,3 @@ class SeparationBackend(Protocol):
     def separate(self, audio: np.ndarray) -> Stems:
         """Split ``audio`` (``(frames, 2)`` float32) into stems, each ``(frames, 2)`` float32."""
         ...
-
-
-def fit_frames(audio: np.ndarray, frames: int) -> np.ndarray:
-    """Trim or zero-pad a ``(n, channels)`` array to ``frames`` rows (models round lengths)."""
-    if len(audio) >= frames:
-        return audio[:frames]
-    return np.pad(audio, ((0, frames - len(audio)), (0, 0)))

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from agents.separator.backends.base import SAMPLE_RATE, Stems, fit_frames
-from streams.errors import StageError
-from streams.logging import get_logger
+from agents.separator.backends.base import SAMPLE_RATE, Stems
+from foundation.errors import StageError
+from foundation.levels import fit_length
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -160,7 +161,7 @@ class UvrBackend:
                     data, _ = sf.read(path, dtype="float32", always_2d=True)
                     if data.shape[1] == 1:
                         data = np.repeat(data, 2, axis=1)
-                    written[match.group(1)] = fit_frames(data[:, :2], frames)
+                    written[match.group(1)] = fit_length(data[:, :2], frames)
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
         if not written:

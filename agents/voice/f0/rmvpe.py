@@ -8,7 +8,6 @@ width) are read from the state dict's shapes, so the public model and small test
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
-from agents.voice.content import refused_for_code
 from agents.voice.f0.base import HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish, in_chunks
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.checkpoint import load_checkpoint
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -304,15 +303,7 @@ def salience_to_f0(salience: np.ndarray, threshold: float = VOICING_THRESHOLD) -
 
 def load_rmvpe_state(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of an ``rmvpe.pt``, loaded without running pickled code."""
-    try:
-        state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if refused_for_code(exc):
-            # weights_only refused a global: a class or function the file wants to run.
-            raise StageError("unsafe_model", f"{path.name} needs pickled code to load") from exc
-        raise StageError("invalid_model", f"{path.name} is not a torch checkpoint") from exc
-    except Exception as exc:
-        raise StageError("invalid_model", f"{path.name} is not a torch checkpoint: {exc}") from exc
+    state: Any = load_checkpoint(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -15,7 +15,7 @@ from agents.voice.modules.flows import WaveNet
 PITCH_BINS = 256  # coarse pitch is quantised to 1..255 (0 = unvoiced)
 
 
-class ContentEncoder(nn.Module):
+class PriorEncoder(nn.Module):
     """Content features (+ coarse pitch) → prior mean and log-scale per frame (RVC TextEncoder)."""
 
     def __init__(

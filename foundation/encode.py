@@ -1,4 +1,4 @@
-"""Encode the mix with ffmpeg (wav, flac, mp3, m4a/AAC) with title/artist tags, and probe files.
+"""Encode audio with ffmpeg (wav, flac, mp3, m4a/AAC) with title/artist tags.
 
 ffmpeg runs as a subprocess from PATH: the mix is written once as a float WAV and ffmpeg
 converts it, so every format goes through one code path and gets the same tags.
@@ -6,18 +6,17 @@ converts it, so every format goes through one code path and gets the same tags.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from streams.errors import StageError
-from streams.logging import get_logger
+from foundation.errors import StageError
+from foundation.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -61,14 +60,14 @@ def content_type(fmt: str) -> str:
     return check_format(fmt).content_type
 
 
-def _ffmpeg() -> str:
+def ffmpeg_path() -> str:
     path = shutil.which("ffmpeg")
     if path is None:
         raise RuntimeError("ffmpeg is not on PATH; install it (apt-get install ffmpeg)")
     return path
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+def run_tool(args: list[str]) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(args, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-5:]
@@ -89,7 +88,7 @@ def encode(
     """Write ``audio`` (float, (samples, channels)) to ``out_path`` in ``fmt`` with tags."""
     codec = check_format(fmt)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    args = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    args = [ffmpeg_path(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     with tempfile.TemporaryDirectory(prefix="singtome-encode-") as tmp:
         source = Path(tmp) / "mix.wav"
         sf.write(str(source), audio, sample_rate, subtype="FLOAT")
@@ -104,70 +103,7 @@ def encode(
         # ffmpeg picks the muxer from the extension; name it so a path without one still works.
         partial = out_path.with_name(out_path.name + ".part")
         args += ["-f", codec.muxer, str(partial)]
-        _run(args)
+        run_tool(args)
         partial.replace(out_path)
     log.debug("mix encoded", path=str(out_path), format=fmt)
     return out_path
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    duration_s: float
-    sample_rate: int
-    channels: int
-    codec: str
-    tags: dict[str, str] = field(default_factory=dict)  # lower-case keys
-
-
-def probe(path: Path) -> AudioInfo:
-    """Duration, rate, channels, codec and tags of an audio file (ffprobe; soundfile without it)."""
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        info = sf.info(str(path))
-        return AudioInfo(info.duration, info.samplerate, info.channels, info.format.lower())
-    result = _run(
-        [
-            ffprobe,
-            "-v",
-            "error",
-            "-select_streams",
-            "a:0",
-            "-show_entries",
-            "format=duration:format_tags:stream=codec_name,sample_rate,channels:stream_tags",
-            "-of",
-            "json",
-            str(path),
-        ]
-    )
-    data = json.loads(result.stdout)
-    stream = (data.get("streams") or [{}])[0]
-    fmt = data.get("format", {})
-    tags = {k.lower(): v for k, v in {**stream.get("tags", {}), **fmt.get("tags", {})}.items()}
-    return AudioInfo(
-        duration_s=float(fmt.get("duration", 0.0)),
-        sample_rate=int(stream.get("sample_rate", 0)),
-        channels=int(stream.get("channels", 0)),
-        codec=str(stream.get("codec_name", "")),
-        tags=tags,
-    )
-
-
-def decode(path: Path) -> tuple[np.ndarray, int]:
-    """Any format ffmpeg reads -> float32 (samples, channels) and its sample rate."""
-    with tempfile.TemporaryDirectory(prefix="singtome-decode-") as tmp:
-        target = Path(tmp) / "decoded.wav"
-        _run(
-            [
-                _ffmpeg(),
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-i",
-                str(path),
-                "-c:a",
-                "pcm_f32le",
-                str(target),
-            ]
-        )
-        audio, sample_rate = sf.read(str(target), dtype="float32", always_2d=True)
-    return audio, int(sample_rate)

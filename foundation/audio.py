@@ -1,23 +1,23 @@
-"""Small audio helpers shared by the trainer and the converter.
+"""Decoding audio, and the high-pass RVC applies before slicing and before pitch/feature extraction.
 
 Audio is a 1-D ``float32`` numpy array (mono) at a stated sample rate. Decoding goes through
-soundfile (wav/flac/ogg without a subprocess) and falls back to ffmpeg through pydub for
+soundfile (wav/flac/ogg without a subprocess) and falls back to ffmpeg (:func:`decode`) for
 compressed formats soundfile cannot read (mp3 before libsndfile 1.1, m4a/aac, opus in mp4, ...).
 """
 
 from __future__ import annotations
 
-import math
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 from scipy import signal
 
-from streams.errors import StageError
+from foundation.encode import ffmpeg_path, run_tool
+from foundation.errors import StageError
+from foundation.resample import resample
 
 HIGHPASS_HZ = 48.0
 """RVC removes rumble below 48 Hz before slicing (training) and before pitch/feature extraction."""
@@ -49,14 +49,16 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
         return mono[:at], int(source.samplerate)
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    from pydub import AudioSegment
-
-    segment = AudioSegment.from_file(str(path))
-    samples = np.asarray(segment.get_array_of_samples(), dtype=np.float32)
-    full_scale = float(1 << (8 * segment.sample_width - 1))
-    audio = samples.reshape(-1, segment.channels) / full_scale
-    return _to_mono(audio), int(segment.frame_rate)
+def decode(path: Path | str) -> tuple[np.ndarray, int]:
+    """Any format ffmpeg reads -> float32 ``(samples, channels)`` and its sample rate."""
+    with tempfile.TemporaryDirectory(prefix="singtome-decode-") as tmp:
+        target = Path(tmp) / "decoded.wav"
+        run_tool(
+            [ffmpeg_path(), "-nostdin", "-loglevel", "error", "-i", str(path),
+             "-c:a", "pcm_f32le", str(target)]
+        )  # fmt: skip
+        audio, sample_rate = sf.read(str(target), dtype="float32", always_2d=True)
+    return audio, int(sample_rate)
 
 
 def load_audio(path: Path | str, sr: int) -> np.ndarray:
@@ -72,63 +74,15 @@ def load_audio(path: Path | str, sr: int) -> np.ndarray:
         audio, file_sr = _decode_soundfile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         try:
-            audio, file_sr = _decode_ffmpeg(path)
-        except Exception as exc:  # pydub raises CouldntDecodeError, IndexError, OSError, ...
+            audio, file_sr = decode(path)
+            audio = _to_mono(audio)
+        except Exception as exc:  # ffmpeg's failure, or a WAV it wrote that soundfile refuses
             raise StageError("not_audio", f"{path.name} is not audio ffmpeg can decode") from exc
     if audio.size == 0:
         raise StageError("empty_audio", f"{path.name} has no samples")
     if not np.all(np.isfinite(audio)):
         raise StageError("corrupt_audio", f"{path.name} has non-finite samples")
     return resample(audio, file_sr, sr)
-
-
-LOWPASS_WIDTH = 64
-ROLLOFF = 0.9475937167399596
-RESAMPLE_CHUNK = 1 << 20
-"""Input samples resampled at a time: a long song costs its output array plus a few MB."""
-
-
-def _resample_whole(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    # Kaiser-windowed sinc, close to librosa's soxr_hq that RVC uses.
-    out = AF.resample(
-        torch.from_numpy(np.ascontiguousarray(audio)),
-        sr_in,
-        sr_out,
-        lowpass_filter_width=LOWPASS_WIDTH,
-        rolloff=ROLLOFF,
-        resampling_method="sinc_interp_kaiser",
-        beta=14.769656459379492,
-    )
-    return out.numpy().astype(np.float32, copy=False)
-
-
-def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Band-limited (windowed sinc) resampling of a 1-D signal; identity when rates agree.
-
-    Long signals go through in chunks: the filter is ``width`` samples long, so each chunk
-    taken with that much real signal on both sides (and starting on the rates' common grid)
-    gives exactly the samples resampling the whole would.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    if sr_in == sr_out:
-        return audio
-    gcd = math.gcd(int(sr_in), int(sr_out))
-    step_in, step_out = sr_in // gcd, sr_out // gcd
-    width = math.ceil(LOWPASS_WIDTH * step_in / (min(step_in, step_out) * ROLLOFF))
-    context = step_in * (math.ceil(width / step_in) + 2)
-    chunk = max(1, RESAMPLE_CHUNK // step_in) * step_in
-    if len(audio) <= chunk + 2 * context:
-        return _resample_whole(audio, sr_in, sr_out)
-    total = math.ceil(len(audio) * step_out / step_in)
-    out = np.empty(total, dtype=np.float32)
-    for first in range(0, len(audio), chunk):
-        low = max(0, first - context)
-        part = _resample_whole(audio[low : first + chunk + context], sr_in, sr_out)
-        skip = (first - low) // step_in * step_out
-        at = first // step_in * step_out
-        count = min(chunk // step_in * step_out, total - at)
-        out[at : at + count] = part[skip : skip + count]
-    return out
 
 
 @lru_cache(maxsize=16)
@@ -163,12 +117,3 @@ def highpass_48hz(audio: np.ndarray, sr: int, *, zero_phase: bool = False) -> np
         count = min(chunk, x.shape[0] - first)
         out[first : first + count] = piece[first - low : first - low + count]
     return out
-
-
-def rms_db(audio: np.ndarray) -> float:
-    """RMS level in dBFS (full scale = 1.0); -200 dB for empty or all-zero audio."""
-    x = np.asarray(audio, dtype=np.float64)
-    if x.size == 0:
-        return -200.0
-    rms = float(np.sqrt(np.mean(np.square(x))))
-    return 20.0 * float(np.log10(max(rms, 1e-10)))
