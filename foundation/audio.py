@@ -17,7 +17,8 @@ from scipy import signal
 
 from foundation.encode import ffmpeg_path, run_tool
 from foundation.errors import StageError
-from foundation.resample import resample
+from foundation.resample import resample, resample_signal
+from foundation.signal import DiskSignal, Signal, fit, in_memory
 
 HIGHPASS_HZ = 48.0
 """RVC removes rumble below 48 Hz before slicing (training) and before pitch/feature extraction."""
@@ -35,18 +36,27 @@ DECODE_BLOCK = 1 << 18
 """Frames decoded at a time: a long file costs its mono array, not its channels in float."""
 
 
-def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
+DISK_DECODE_FRAMES = 1 << 22
+"""A file longer than this (95 s at 44.1 kHz) that needs resampling is decoded into a temporary
+file first (:class:`foundation.signal.DiskSignal`): memory then holds the resampled song only."""
+
+
+def _decode_soundfile(path: Path, sr: int) -> tuple[Signal, int]:
     with sf.SoundFile(str(path)) as source:
-        mono = np.empty(max(int(source.frames), 0), dtype=np.float32)
+        frames, file_sr = max(int(source.frames), 0), int(source.samplerate)
+        allocate = (
+            DiskSignal.factory() if frames > DISK_DECODE_FRAMES and file_sr != sr else in_memory
+        )
+        mono = allocate(frames)
         at = 0
         for block in source.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True):
+            if not np.all(np.isfinite(block)):
+                raise StageError("corrupt_audio", f"{path.name} has non-finite samples")
             if at + len(block) > len(mono):  # a header that undercounts: grow (doubling)
-                grown = np.empty(max(2 * len(mono), at + len(block)), dtype=np.float32)
-                grown[:at] = mono[:at]
-                mono = grown
+                mono = fit(mono, max(2 * len(mono), at + len(block)))
             mono[at : at + len(block)] = _to_mono(block)
             at += len(block)
-        return mono[:at], int(source.samplerate)
+        return fit(mono, at), file_sr
 
 
 def decode(path: Path | str) -> tuple[np.ndarray, int]:
@@ -71,18 +81,21 @@ def load_audio(path: Path | str, sr: int) -> np.ndarray:
     if not path.is_file():
         raise StageError("missing_object", f"audio file not found: {path.name}")
     try:
-        audio, file_sr = _decode_soundfile(path)
+        decoded, file_sr = _decode_soundfile(path, sr)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         try:
             audio, file_sr = decode(path)
-            audio = _to_mono(audio)
+            decoded = _to_mono(audio)
         except Exception as exc:  # ffmpeg's failure, or a WAV it wrote that soundfile refuses
             raise StageError("not_audio", f"{path.name} is not audio ffmpeg can decode") from exc
-    if audio.size == 0:
-        raise StageError("empty_audio", f"{path.name} has no samples")
-    if not np.all(np.isfinite(audio)):
+    if isinstance(decoded, np.ndarray) and not np.all(np.isfinite(decoded)):
         raise StageError("corrupt_audio", f"{path.name} has non-finite samples")
-    return resample(audio, file_sr, sr)
+    if len(decoded) == 0:
+        raise StageError("empty_audio", f"{path.name} has no samples")
+    if isinstance(decoded, DiskSignal):
+        with decoded:
+            return np.asarray(resample_signal(decoded, file_sr, sr, in_memory))
+    return resample(np.asarray(decoded), file_sr, sr)
 
 
 @lru_cache(maxsize=16)
@@ -91,12 +104,15 @@ def _highpass_coefficients(sr: int) -> tuple[np.ndarray, np.ndarray]:
     return b, a
 
 
-def highpass_48hz(audio: np.ndarray, sr: int, *, zero_phase: bool = False) -> np.ndarray:
+def highpass_48hz(
+    audio: np.ndarray, sr: int, *, zero_phase: bool = False, overwrite: bool = False
+) -> np.ndarray:
     """5th-order Butterworth high-pass at 48 Hz, as RVC.
 
     RVC's preprocessing filters causally (``lfilter``: a zero-phase filter rings before
     transients), while its inference pipeline filters forwards and backwards (``filtfilt``);
-    ``zero_phase`` picks the latter.
+    ``zero_phase`` picks the latter. ``overwrite`` lets a long 1-D float32 ``audio`` receive
+    the zero-phase result in place (one copy of the song fewer in memory).
     """
     b, a = _highpass_coefficients(int(sr))
     x = np.asarray(audio)
@@ -110,10 +126,18 @@ def highpass_48hz(audio: np.ndarray, sr: int, *, zero_phase: bool = False) -> np
     chunk, context = HIGHPASS_CHUNK, int(sr)
     if x.shape[0] <= chunk + 2 * context:
         return signal.filtfilt(b, a, np.asarray(x, dtype=np.float64)).astype(np.float32)
-    out = np.empty(x.shape[0], dtype=np.float32)
+    in_place = overwrite and x.ndim == 1 and x.dtype == np.float32 and x.flags.writeable
+    out = x if in_place else np.empty(x.shape[0], dtype=np.float32)
+    pending: tuple[int, np.ndarray] | None = None
     for first in range(0, x.shape[0], chunk):
         low, high = max(0, first - context), min(x.shape[0], first + chunk + context)
         piece = signal.filtfilt(b, a, np.asarray(x[low:high], dtype=np.float64))
+        # In place, a piece's result is written only once the next piece has read its leading
+        # context: that context is still the unfiltered signal.
+        if pending is not None:
+            out[pending[0] : pending[0] + len(pending[1])] = pending[1]
         count = min(chunk, x.shape[0] - first)
-        out[first : first + count] = piece[first - low : first - low + count]
+        pending = (first, piece[first - low : first - low + count].astype(np.float32))
+    if pending is not None:
+        out[pending[0] : pending[0] + len(pending[1])] = pending[1]
     return out

@@ -9,15 +9,22 @@ fallback and the generated demo audio.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from foundation.signal import Allocate, Signal
+
 LOWPASS_WIDTH = 64
 ROLLOFF = 0.9475937167399596
 RESAMPLE_CHUNK = 1 << 20
 """Input samples resampled at a time: a long song costs its output array plus a few MB."""
+
+
+def _empty(length: int) -> np.ndarray:
+    return np.empty(length, dtype=np.float32)
 
 
 def _resample_whole(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -52,16 +59,29 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return _resample_1d(audio, sr_in, sr_out)
 
 
-def _resample_1d(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+def resample_signal(audio: Signal, sr_in: int, sr_out: int, allocate: Allocate) -> Signal:
+    """:func:`resample` of a mono :class:`~foundation.signal.Signal` into one made by
+    ``allocate``: a disk signal in, a disk signal out, and only chunks in memory."""
+    if sr_in == sr_out:
+        return audio
+    return _resample_1d(audio, sr_in, sr_out, allocate)
+
+
+def _resample_1d(audio: Signal, sr_in: int, sr_out: int, allocate: Allocate | None = None) -> Any:
     gcd = math.gcd(int(sr_in), int(sr_out))
     step_in, step_out = sr_in // gcd, sr_out // gcd
     width = math.ceil(LOWPASS_WIDTH * step_in / (min(step_in, step_out) * ROLLOFF))
     context = step_in * (math.ceil(width / step_in) + 2)
     chunk = max(1, RESAMPLE_CHUNK // step_in) * step_in
     if len(audio) <= chunk + 2 * context:
-        return _resample_whole(audio, sr_in, sr_out)
+        whole = _resample_whole(audio[:], sr_in, sr_out)
+        if allocate is None:
+            return whole
+        target = allocate(len(whole))
+        target[:] = whole
+        return target
     total = math.ceil(len(audio) * step_out / step_in)
-    out = np.empty(total, dtype=np.float32)
+    out = (allocate or _empty)(total)
     for first in range(0, len(audio), chunk):
         low = max(0, first - context)
         part = _resample_whole(audio[low : first + chunk + context], sr_in, sr_out)

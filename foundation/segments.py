@@ -35,11 +35,15 @@ def quiet_cut_points(
     length = len(audio)
     if length <= every + search:
         return []
-    energy = moving_abs_sum(audio, window)
     cuts: list[int] = []
+    half = window // 2
     for centre in range(every, length - search, every):
         low, high = max(0, centre - search), min(length, centre + search + 1)
-        cut = (low + int(np.argmin(energy[low:high]))) // align * align
+        # The moving sum around this centre only, from the samples it reads: a long song never
+        # has a float64 energy curve of its whole length in memory.
+        first, last = max(0, low - half), min(length, high + window - half)
+        energy = moving_abs_sum(audio[first:last], window)[low - first : high - first]
+        cut = (low + int(np.argmin(energy))) // align * align
         if 0 < cut < length and (not cuts or cut > cuts[-1]):
             cuts.append(cut)
     return cuts

@@ -31,6 +31,7 @@ import torch
 from foundation.logging import get_logger
 from foundation.progress import ProgressFn
 from foundation.segments import quiet_cut_points, spans
+from foundation.signal import Allocate, DiskSignal, Signal, in_memory, peak, scale
 from schemas.events import ConversionOptions
 from streams.allocator import release_freed_memory
 
@@ -192,7 +193,7 @@ ENVELOPE_CHUNK = 1 << 20
 """Samples per step of the volume-envelope mix, so it needs a few MB whatever the song's length."""
 
 
-def _rms_frames(audio: np.ndarray, sr: int) -> np.ndarray:
+def _rms_frames(audio: Signal, sr: int) -> np.ndarray:
     """RMS over 1 s frames every 0.5 s, centred on zero-padded audio (``librosa.feature.rms``).
 
     A frame is exactly two half-second blocks, so the frames come from per-block sums of
@@ -200,7 +201,7 @@ def _rms_frames(audio: np.ndarray, sr: int) -> np.ndarray:
     """
     hop = sr // 2
     frame = 2 * hop
-    x = np.asarray(audio)
+    x = audio  # an array or a disk signal: read a chunk at a time
     count = 1 + len(x) // hop
     blocks = np.zeros(count + 1)  # blocks[k + 1]: energy of x[k * hop : (k + 1) * hop]
     step = max(1, ENVELOPE_CHUNK // max(hop, 1)) * hop
@@ -235,26 +236,26 @@ def _rms_envelope(audio: np.ndarray, sr: int, length: int) -> np.ndarray:
 
 
 def mix_volume_envelope(
-    source: np.ndarray,
+    source: Signal,
     source_sr: int,
-    converted: np.ndarray,
+    converted: Signal,
     converted_sr: int,
     rate: float,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
+    out: Signal | None = None,
+) -> Signal:
     """Give ``converted`` the volume envelope ``source^(1-rate) * converted^rate``.
 
     ``rate`` 1 keeps the converted audio's own loudness contour; 0 copies the source's. The gain
     curve is RVC's ``change_rms`` (tests/unit/test_rvc_oracle_pipeline.py holds them equal). It
     is applied ``ENVELOPE_CHUNK`` samples at a time, into ``out`` (which may be ``converted``
-    itself) or a new float32 array.
+    itself, an array or a :class:`foundation.signal.DiskSignal`) or a new float32 array.
     """
     if rate >= 1.0 or len(converted) == 0:
         return converted
     length = len(converted)
     source_frames = _rms_frames(source, source_sr)
     converted_frames = _rms_frames(converted, converted_sr)
-    result = np.empty(length, dtype=np.float32) if out is None else out
+    result: Signal = np.empty(length, dtype=np.float32) if out is None else out
     for first in range(0, length, ENVELOPE_CHUNK):
         last = min(first + ENVELOPE_CHUNK, length)
         source_rms = _stretch(source_frames, length, first, last)
@@ -284,28 +285,49 @@ def cut_points(audio16k: np.ndarray, windows: Windows) -> list[int]:
 
 @dataclass
 class _Piece:
-    audio: np.ndarray  # 16 kHz, with pad_s context on each side
-    frames: int  # pitch frames of ``audio``
+    first: int  # where the piece starts in the padded whole (pad_s context on each side)
+    last: int
+    frames: int  # pitch frames of the padded piece
     first_frame: int  # in the padded whole's frame grid
     keep_frames: int  # frames after the leading context that belong to this piece
 
 
-def _pieces(
-    padded: np.ndarray, length: int, pad: int, windows: Windows, audio16k: np.ndarray
-) -> list[_Piece]:
+def _pieces(length: int, pad: int, windows: Windows, audio16k: np.ndarray) -> list[_Piece]:
     pieces = []
     for start, end in spans(length, cut_points(audio16k, windows)):
-        audio = padded[start : end + 2 * pad]
-        frames = len(audio) // WINDOW
+        frames = (end + 2 * pad - start) // WINDOW
         pieces.append(
             _Piece(
-                audio=audio,
+                first=start,
+                last=end + 2 * pad,
                 frames=frames,
                 first_frame=start // WINDOW,
                 keep_frames=max(0, frames - 2 * pad // WINDOW),
             )
         )
     return pieces
+
+
+def padded_span(audio: np.ndarray, pad: int, first: int, last: int) -> np.ndarray:
+    """``np.pad(audio, pad, mode='reflect')[first:last]`` without padding the whole song."""
+    length = len(audio)
+    if pad >= length:  # reflections of reflections: rare (a clip shorter than the context)
+        return np.pad(audio, (pad, pad), mode="reflect")[first:last]
+    last = min(max(first, last), length + 2 * pad)
+    parts = []
+    end = min(last, pad)
+    if first < end:  # padded[j] = audio[pad - j] before the song
+        parts.append(audio[pad - end + 1 : pad - first + 1][::-1])
+    low, high = max(first, pad), min(last, pad + length)
+    if low < high:
+        parts.append(audio[low - pad : high - pad])
+    start = max(first, pad + length)
+    if start < last:  # padded[j] = audio[2 * (length - 1) - (j - pad)] after it
+        mirror = 2 * (length - 1) + pad
+        parts.append(audio[mirror - last + 1 : mirror - start + 1][::-1])
+    if not parts:
+        return audio[:0]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _features(
@@ -431,7 +453,29 @@ def convert_audio16k(
     windows: Windows = Windows(),
     batch_pieces: int = 1,
 ) -> np.ndarray:
-    """Converted vocals at the model's rate from high-passed 16 kHz vocals.
+    """Converted vocals at the model's rate from high-passed 16 kHz vocals, as an array
+    (:func:`render_audio16k` into memory)."""
+    converted = render_audio16k(
+        audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows,
+        batch_pieces,
+    )  # fmt: skip
+    return np.asarray(converted, dtype=np.float32)
+
+
+def render_audio16k(
+    audio16k: np.ndarray,
+    voice_model: Any,
+    encoder: ContentExtractor,
+    index: LoadedIndex | None,
+    params: ConversionOptions,
+    f0_extractor: PitchExtractor | None,
+    progress: ProgressFn = _no_progress,
+    windows: Windows = Windows(),
+    batch_pieces: int = 1,
+    allocate: Allocate = in_memory,
+) -> Signal:
+    """Converted vocals at the model's rate from high-passed 16 kHz vocals, rendered piece by
+    piece into a signal made by ``allocate`` (an array, or a disk signal for long songs).
 
     ``batch_pieces`` pieces go through the synthesizer together (worth it on a GPU).
     """
@@ -444,13 +488,13 @@ def convert_audio16k(
     pad = windows.samples(windows.pad_s)
     pad_frames = pad // WINDOW
     length = len(audio16k)
-    padded = np.pad(audio16k, (pad, pad), mode="reflect")
 
     pitch = pitchf = None
     if voice_model.f0:
         if f0_extractor is None:
             raise ValueError("a pitch-guided voice model needs an f0 extractor")
         progress(0.02, f"pitch ({f0_extractor.name})")
+        padded = np.pad(audio16k, (pad, pad), mode="reflect")
         pitch, pitchf = pitch_track(
             padded,
             len(padded) // WINDOW,
@@ -459,12 +503,14 @@ def convert_audio16k(
             params.filter_radius,
             params.unvoiced_f0,
         )
+        del padded  # the pieces are cut from ``audio16k`` itself (padded_span)
 
-    pieces = _pieces(padded, length, pad, windows, audio16k)
-    # One output array, filled piece by piece: a piece's features and audio are dropped as soon
-    # as it is rendered, so memory does not grow with the song beyond this array.
+    pieces = _pieces(length, pad, windows, audio16k)
+    # One output signal, filled piece by piece: a piece's features and audio are dropped as soon
+    # as it is rendered, so memory does not grow with the song beyond this signal (none of it
+    # when ``allocate`` keeps it on disk).
     expected = round(length * tgt_sr / SAMPLE_RATE)
-    converted = np.zeros(expected, dtype=np.float32)
+    converted = allocate(expected)
     batch = max(1, batch_pieces)
     for first in range(0, len(pieces), batch):
         group = pieces[first : first + batch]
@@ -473,7 +519,7 @@ def convert_audio16k(
                 voice_model,
                 encoder,
                 index,
-                piece.audio,
+                padded_span(audio16k, pad, piece.first, piece.last),
                 piece.frames,
                 pitch[piece.first_frame : piece.first_frame + piece.frames]
                 if pitch is not None
@@ -503,10 +549,10 @@ def convert_audio16k(
     mix_volume_envelope(
         audio16k, SAMPLE_RATE, converted, tgt_sr, params.rms_mix_rate, out=converted
     )
-    peak = float(np.max(np.abs(converted))) if converted.size else 0.0
-    if peak > 0.99:  # RVC scales down instead of clipping
-        converted *= 0.99 / peak
-    return np.asarray(converted, dtype=np.float32)
+    loudest = peak(converted)
+    if loudest > 0.99:  # RVC scales down instead of clipping
+        scale(converted, 0.99 / loudest)
+    return converted
 
 
 def synth_hop(voice_model: Any) -> int:
@@ -529,23 +575,31 @@ def convert_rvc(
     output_sr: int | None = None,
     windows: Windows = Windows(),
     batch_pieces: int = 1,
-) -> tuple[np.ndarray, int]:
-    """The vocals file converted into ``voice_model``'s voice: ``(mono float32, sample rate)``.
+    allocate: Allocate = in_memory,
+) -> tuple[Signal, int]:
+    """The vocals file converted into ``voice_model``'s voice: ``(mono float32 signal, rate)``.
 
     The rate is the model's own (32/40/48 kHz) unless ``output_sr`` asks for another (the
-    stems' rate, so the mixer lines the vocals up with the accompaniment).
+    stems' rate, so the mixer lines the vocals up with the accompaniment). The signal is made
+    by ``allocate``: an array by default; with :meth:`DiskSignal.factory` the converted song is
+    never held in memory, whatever its length.
     """
     from foundation.audio import highpass_48hz, load_audio
-    from foundation.resample import resample
+    from foundation.resample import resample_signal
 
-    audio16k = highpass_48hz(load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True)
-    converted = convert_audio16k(
+    audio16k = highpass_48hz(
+        load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True, overwrite=True
+    )
+    converted = render_audio16k(
         audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows,
-        batch_pieces,
+        batch_pieces, allocate,
     )  # fmt: skip
     sr = int(voice_model.tgt_sr)
     if output_sr and output_sr != sr:
-        converted = resample(converted, sr, output_sr)
+        rendered = converted
+        converted = resample_signal(rendered, sr, output_sr, allocate)
+        if isinstance(rendered, DiskSignal):
+            rendered.close()
         sr = output_sr
     log.info(
         "vocals converted",

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
 from agents.converter.models import (
     ModelCache,
@@ -35,6 +34,8 @@ from foundation.errors import StageError
 from foundation.levels import fit_length
 from foundation.logging import get_logger
 from foundation.progress import ProgressFn
+from foundation.resample import resample_signal
+from foundation.signal import Allocate, DiskSignal, Signal, fit, write_sound_file
 from schemas.events import ConversionOptions, ConversionQuality
 from schemas.vocabulary import WORLD_F0_METHODS, VoiceKind
 from streams.outputs import OutputParams
@@ -109,12 +110,6 @@ def peak_loudness_dbfs(audio: np.ndarray, sr: int) -> float:
     return 10.0 * float(np.log10(max(energy, 1e-20)))
 
 
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
-
-
 def _file_identity(path: Path | None) -> str | None:
     # Configured checkpoints are large; name and size tell versions apart without hashing them.
     if path is None:
@@ -187,7 +182,8 @@ def _convert_rvc(
     settings: Settings,
     progress: ProgressFn,
     cache: ModelCache,
-) -> tuple[np.ndarray, int]:
+    allocate: Allocate,
+) -> tuple[Signal, int]:
     from agents.converter.pipeline import convert_rvc
 
     if settings.hubert_path is None:
@@ -238,6 +234,7 @@ def _convert_rvc(
         lambda fraction, message: progress(0.05 + 0.9 * fraction, message),
         output_sr=settings.stem_sample_rate,
         batch_pieces=settings.converter_batch_pieces or (4 if device.type == "cuda" else 1),
+        allocate=allocate,
     )
 
 
@@ -279,14 +276,17 @@ def convert_vocals(
             f"{loudness:.0f} dBFS, below {settings.silence_dbfs:.0f})",
         )
     cache = cache if cache is not None else shared_cache(settings)
+    out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
 
+    length = len(vocals)
     if voice.backend == "world":
         profile = world.VoiceProfile.load(voice.model)
         log.info("converting with the WORLD fallback voice", backend=world.BACKEND)
         # WORLD's analysis: FCPE + StoneMask (+ DIO where FCPE hears nothing) unless a WORLD
         # tracker is asked for by name.
         f0_method = params.f0_method if params.f0_method in WORLD_F0_METHODS else "fcpe"
-        converted, report = world.convert_world_with_report(
+        world_audio, report = world.convert_world_with_report(
             vocals,
             sr,
             profile,
@@ -296,30 +296,29 @@ def convert_vocals(
             f0_method,
         )
         semitones, key_method = report.semitones, report.key_method
-        converted = fit_length(np.asarray(converted, dtype=np.float32), len(vocals))
+        converted: Signal = fit_length(np.asarray(world_audio, dtype=np.float32), length)
     else:
         if key is not None:
             params = params.model_copy(update={"f0_up_key": key})
         semitones, key_method = params.f0_up_key, "requested"
-        # Only the length is needed from here on: do not hold the song twice while converting.
-        length = len(vocals)
-        del vocals
-        converted, out_sr = _convert_rvc(vocals_path, voice, params, settings, progress, cache)
-        if out_sr != sr:
-            from foundation.resample import resample
+        del vocals  # only its length is needed from here on: do not hold the song twice
+        # The converted song stays in temporary files beside the output, read and written a
+        # block at a time: the worker's memory does not grow with the song's length.
+        on_disk = DiskSignal.factory(out_path.parent)
+        converted, out_sr = _convert_rvc(
+            vocals_path, voice, params, settings, progress, cache, on_disk
+        )
+        converted = fit(resample_signal(converted, out_sr, sr, on_disk), length)
 
-            converted = resample(converted, out_sr, sr)
-        converted = fit_length(np.asarray(converted, dtype=np.float32), length)
-
-    out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out_path), converted, sr, format="FLAC", subtype="PCM_24")
+    write_sound_file(out_path, converted, sr)
+    if isinstance(converted, DiskSignal):
+        converted.close()
     progress(1.0, "vocals converted")
     return ConversionResult(
         path=out_path,
         backend=voice.backend,
         sample_rate=sr,
-        duration_s=len(converted) / sr,
+        duration_s=length / sr,
         semitones=semitones,
         key_method=key_method,
     )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from agents.converter import pipeline
@@ -23,13 +27,15 @@ from agents.converter.pipeline import (
     mix_volume_envelope,
     pitch_track,
     protect_unvoiced,
+    render_audio16k,
     upsample_features,
 )
 from agents.voice.checkpoint import VoiceModel, load_voice_model, save_inference_model
 from agents.voice.configs import get_config
 from agents.voice.f0 import coarse_f0, get_f0_extractor, median_filter_f0
 from agents.voice.synthesizer import build_synthesizer
-from foundation.segments import quiet_cut_points, spans
+from foundation.segments import moving_abs_sum, quiet_cut_points, spans
+from foundation.signal import DiskSignal, in_memory, write_sound_file
 from frontends.demo_audio import sung_vocal, write
 from schemas.events import ConversionOptions
 
@@ -474,6 +480,31 @@ def test_cuts_fall_in_quiet_gaps_on_the_feature_grid() -> None:
     assert quiet_cut_points(np.ones(100), every=200, search=10, window=5) == []
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(st.integers(-6, 6), min_size=1, max_size=400),
+    every=st.integers(1, 60),
+    search=st.integers(0, 30),
+    window=st.integers(1, 40),
+    align=st.integers(1, 8),
+)
+def test_cuts_from_local_sums_are_those_of_the_whole_energy_curve(
+    values: list[int], every: int, search: int, window: int, align: int
+) -> None:
+    """Cut points read the moving sum near each centre only; they are the cuts the whole
+    song's curve gives (integer samples: the sums are exact, ties break the same way)."""
+    audio = np.asarray(values, dtype=np.float32)
+    energy = moving_abs_sum(audio, window)
+    expected: list[int] = []
+    if len(audio) > every + search:
+        for centre in range(every, len(audio) - search, every):
+            low, high = max(0, centre - search), min(len(audio), centre + search + 1)
+            cut = (low + int(np.argmin(energy[low:high]))) // align * align
+            if 0 < cut < len(audio) and (not expected or cut > expected[-1]):
+                expected.append(cut)
+    assert quiet_cut_points(audio, every, search, window, align) == expected
+
+
 def test_upsampled_features_match_the_pitch_grid() -> None:
     features = torch.arange(10, dtype=torch.float32).reshape(5, 2)
     doubled = upsample_features(features, 12)
@@ -537,3 +568,60 @@ def test_estimated_bytes_of_a_voice_model(models_dir: Path) -> None:
     params = sum(p.numel() * 4 for p in voice_model.synthesizer.parameters())
     assert params <= estimated_bytes(voice_model) <= params * 1.5
     assert pipeline.synth_hop(voice_model) == 400
+
+
+# --------------------------------------------------------------------------------------------------
+# Long songs: the converted song is kept on disk, so memory does not grow with the song
+# --------------------------------------------------------------------------------------------------
+
+
+def test_rendering_into_a_disk_signal_gives_the_same_samples(tmp_path: Path) -> None:
+    audio, _ = sung_vocal(3.0, SR16, seed=11)
+    extractor = get_f0_extractor("pm")
+    params = ConversionOptions(rms_mix_rate=0.25)
+    outputs = []
+    for allocate in (in_memory, DiskSignal.factory(tmp_path)):
+        model = recording_model(tgt_sr=48000)
+        with torch.no_grad():
+            model.synthesizer.gain.fill_(1e5)  # loud enough for the 0.99 peak scaling to act
+        rendered = render_audio16k(
+            audio, model, FrameLocalEncoder(8), None, params, extractor,
+            windows=SMALL_PIECES, allocate=allocate,
+        )  # fmt: skip
+        outputs.append(np.asarray(rendered[:]))
+    assert float(np.max(np.abs(outputs[0]))) == pytest.approx(0.99)
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+def _traced_peak_of_a_conversion(seconds: int, tmp_path: Path) -> int:
+    """Peak bytes numpy (and Python) allocate while a ``seconds`` long vocal at 44.1 kHz is
+    converted at 40 kHz, resampled back to 44.1 kHz and encoded, as the stage does it."""
+    vocals = tmp_path / f"vocals_{seconds}.flac"
+    sf.write(vocals, np.tile(tone(1.0, sr=44100), seconds), 44100, subtype="PCM_16")
+    model = recording_model(tgt_sr=40000)
+    pitch = FixedPitch(np.ones(seconds * 100 + 1000, dtype=bool))
+    tracemalloc.start()
+    try:
+        converted, sr = convert_rvc(
+            vocals, model, FrameLocalEncoder(8), None, ConversionOptions(), pitch,
+            output_sr=44100, allocate=DiskSignal.factory(tmp_path),
+        )  # fmt: skip
+        write_sound_file(tmp_path / f"converted_{seconds}.flac", converted, sr)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sr == 44100 and abs(len(converted) - seconds * 44100) <= 2
+    return peak
+
+
+def test_memory_does_not_grow_with_the_song_beyond_its_16k_input(tmp_path: Path) -> None:
+    """Six times the song costs the extra minutes of its 16 kHz input (high-passed in place)
+    and no more: no copy at the output rate (the converted song lives in temporary files), no
+    whole-song energy curve for the cut points, no padded copy while the pieces render."""
+    short, long = (
+        _traced_peak_of_a_conversion(60, tmp_path),
+        _traced_peak_of_a_conversion(360, tmp_path),
+    )
+    extra_s = 300
+    one_copy_16k, one_copy_out = extra_s * SR16 * 4, extra_s * 44100 * 4
+    assert long - short <= 1.5 * one_copy_16k < one_copy_out

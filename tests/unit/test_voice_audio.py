@@ -33,6 +33,13 @@ def test_zero_phase_highpass_in_pieces_equals_one_pass(sr: int) -> None:
     # The converter filters at 16 kHz: measured 4e-8 there. At 44.1 kHz the filter's
     # transfer-function form rounds at the 3e-6 level (poles nearer the unit circle), whole or not.
     assert np.max(np.abs(pieces - whole)) < (1e-6 if sr == 16000 else 1e-5)
+    # In place (the converter's call: one copy of the song fewer), the very same samples.
+    original = x.copy()
+    in_place = highpass_48hz(x, sr, zero_phase=True, overwrite=True)
+    assert in_place is x
+    np.testing.assert_array_equal(in_place, pieces)
+    kept = highpass_48hz(original, sr, zero_phase=True)  # without ``overwrite`` the input stays
+    assert kept is not original and np.array_equal(kept, pieces)
 
 
 def test_a_pieced_highpass_without_context_would_show() -> None:
