@@ -48,7 +48,6 @@ from foundation.progress import ProgressFn
 
 log = get_logger()
 
-ProgressCallback = ProgressFn
 TrainPrecision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
