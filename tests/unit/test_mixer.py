@@ -248,6 +248,20 @@ def test_when_the_ceiling_wins_the_achieved_loudness_is_reported() -> None:
     assert result.loudness_lufs == pytest.approx(lufs(result.audio), abs=0.01)
 
 
+def test_true_peak_finds_peaks_between_samples_up_to_the_top_octave() -> None:
+    t = np.arange(RATE)
+    fade = np.minimum(1.0, np.minimum(t, RATE - 1 - t) / 2000)
+    # A tone at a quarter of the rate, sampled 45 degrees off its crests: samples at -3 dB.
+    quarter = (0.5 * np.sin(np.pi / 2 * t + np.pi / 4) * fade).astype(np.float32)
+    assert 20 * np.log10(np.abs(quarter).max() / 0.5) < -2.9
+    assert true_peak_db(quarter) == pytest.approx(20 * np.log10(0.5), abs=0.05)
+    # A 21 kHz tone (over 95% of Nyquist): the true peak is never read under the sample peak,
+    # as a resampler rolling off below Nyquist would read it (see agents/mixer/loudness.py).
+    top = (0.5 * np.cos(2 * np.pi * 21000 / RATE * t + np.pi / 21) * fade).astype(np.float32)
+    sample_peak_db = 20 * np.log10(np.abs(top).max())
+    assert sample_peak_db - 0.05 <= true_peak_db(top) <= sample_peak_db + 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # encoding and the stage function
 # ---------------------------------------------------------------------------------------------
