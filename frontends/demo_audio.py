@@ -246,13 +246,17 @@ def _world_sung(
 ) -> tuple[np.ndarray, np.ndarray]:
     import pyworld
 
+    from agents.voice.f0.world_f0 import world_f0
+
     rng = np.random.default_rng(seed)
     # Roughly one word per 0.6 s of song: the speech gets stretched ~2x, like sustained singing.
     words = [str(w) for w in rng.choice(_WORDS, size=max(2, int(duration_s / 0.6) + 1))]
     speech, speech_sr = espeak(" ".join(words), voice=voice, speed=140)
     speech = speech.astype(np.float64)
-    f0, times = pyworld.dio(speech, speech_sr, frame_period=F0_HOP_S * 1000)
-    f0 = pyworld.stonemask(speech, f0, times, speech_sr)
+    # pyworld's own default f0 range (71-800 Hz) for the spoken words.
+    f0, times = world_f0(
+        speech, speech_sr, "dio", f0_floor=71.0, f0_ceil=800.0, frame_period_ms=F0_HOP_S * 1000
+    )
     envelope = pyworld.cheaptrick(speech, f0, times, speech_sr)
     aperiodicity = pyworld.d4c(speech, f0, times, speech_sr)
 

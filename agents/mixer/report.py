@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyworld
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import stft
 
+from agents.voice.f0.world_f0 import world_f0
 from foundation.audio import decode
 from foundation.levels import peak_db
 from foundation.logging import get_logger
@@ -75,15 +75,15 @@ def _load(name: str, path: Path) -> _Track:
 
 def _f0(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(times, f0 in Hz with NaN where unvoiced)."""
-    f0, times = pyworld.dio(
+    f0, times = world_f0(
         audio,
         ANALYSIS_RATE,
+        "dio",
         f0_floor=F0_FLOOR_HZ,
         f0_ceil=F0_CEIL_HZ,
-        frame_period=FRAME_PERIOD_MS,
-        speed=DIO_SPEED,
+        frame_period_ms=FRAME_PERIOD_MS,
+        dio_speed=DIO_SPEED,
     )
-    f0 = pyworld.stonemask(audio, f0, times, ANALYSIS_RATE)
     # DIO finds periodicity even in a fade-out far below anything audible: drop those frames.
     hop = int(ANALYSIS_RATE * FRAME_PERIOD_MS / 1000)
     frames = np.minimum((times * ANALYSIS_RATE).astype(int) // hop, audio.size // hop - 1)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.voice.f0.world_f0 import WorldTracker, refine_f0, world_f0
 from foundation.errors import StageError
 from foundation.logging import get_logger
 from foundation.progress import ProgressFn
@@ -467,23 +468,24 @@ class FrameGrid:
 
 def _f0(audio: np.ndarray, sr: int, method: str) -> np.ndarray:
     """f0 (Hz, 0 unvoiced) per WORLD frame of ``audio`` with the named tracker."""
-    import pyworld
-
-    if method == "harvest":
-        f0, times = pyworld.harvest(
-            audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
-        )
-        return np.asarray(pyworld.stonemask(audio, f0, times, sr))
-    f0, times = pyworld.dio(
-        audio, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS
+    tracker: WorldTracker = "harvest" if method == "harvest" else "dio"
+    tracked, times = world_f0(
+        audio,
+        sr,
+        tracker,
+        f0_floor=F0_FLOOR_HZ,
+        f0_ceil=F0_CEIL_HZ,
+        frame_period_ms=FRAME_PERIOD_MS,
     )
-    dio = np.asarray(pyworld.stonemask(audio, f0, times, sr))
+    if tracker == "harvest":
+        return tracked
+    dio = tracked
     if method == "dio":
         return dio
     fcpe = _fcpe_on_world_frames(audio, sr, len(dio))
     # FCPE decides where the voice sings and roughly at what pitch; StoneMask refines it from
     # the signal at full rate; DIO covers what FCPE leaves unvoiced.
-    refined = np.asarray(pyworld.stonemask(audio, fcpe, times, sr)) if np.any(fcpe > 0) else fcpe
+    refined = refine_f0(audio, sr, fcpe, times) if np.any(fcpe > 0) else fcpe
     refined = np.where((fcpe > 0) & (refined > 0), refined, fcpe)
     combined = np.where(refined > 0, refined, dio)
     return np.where(_audible(audio, sr, len(dio)), combined, 0.0)

@@ -22,6 +22,7 @@ from agents.voice.f0.rmvpe import (
     RmvpeNet,
     salience_to_f0,
 )
+from agents.voice.f0.world_f0 import refine_f0, world_f0
 from foundation.errors import StageError
 
 SR = 16_000
@@ -251,3 +252,54 @@ def test_fcpe_in_pieces_tracks_like_one_pass(extractors) -> None:
     # Measured: median 0.04, 99th percentile 0.27, max 1.2 cents (without context: 0.10, 7.9
     # and 31 cents, which this must catch).
     assert np.median(cents) < 0.2 and np.percentile(cents, 99) < 1.0 and cents.max() < 5.0
+
+
+@pytest.mark.parametrize("tracker", ["dio", "harvest"])
+def test_world_f0_tracks_a_known_pitch_on_its_frame_grid(tracker) -> None:
+    audio = harmonic_tone(220.0, seconds=1.0)
+    f0, times = world_f0(audio, SR, tracker, f0_floor=50.0, f0_ceil=1100.0, frame_period_ms=10.0)
+    assert f0.dtype == np.float64 and f0.shape == times.shape
+    np.testing.assert_allclose(times, np.arange(len(times)) * 0.01, atol=1e-9)
+    assert len(times) == len(audio) // 160 + 1
+    voiced = f0[f0 > 0]
+    assert len(voiced) > 0.8 * len(f0)
+    assert np.median(voiced) == pytest.approx(220.0, rel=0.01)
+
+
+def test_world_f0_refines_with_stonemask_and_refuses_what_it_cannot_do() -> None:
+    audio = harmonic_tone(220.0, seconds=1.0)
+    f0, times = world_f0(audio, SR, "dio", f0_floor=50.0, f0_ceil=1100.0, frame_period_ms=10.0)
+    # StoneMask pulls a rough estimate towards the signal's instantaneous frequency.
+    rough = np.where(f0 > 0, 228.0, 0.0)
+    refined = refine_f0(audio, SR, rough, times)
+    inner = slice(10, -10)
+    assert np.all(refined[inner][rough[inner] > 0] < 224.0)
+    assert np.all(refined[rough == 0] == 0)
+    with pytest.raises(ValueError):
+        world_f0(audio, SR, "harvest", f0_floor=50, f0_ceil=1100, frame_period_ms=10, dio_speed=4)
+    with pytest.raises(ValueError):
+        world_f0(audio, SR, "pm", f0_floor=50, f0_ceil=1100, frame_period_ms=10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        world_f0(np.zeros((160, 2)), SR, "dio", f0_floor=50, f0_ceil=1100, frame_period_ms=10)
+
+
+def test_world_f0_analysis_is_written_once() -> None:
+    """Only agents/voice/f0/world_f0.py calls pyworld's f0 trackers and StoneMask (tests may,
+    as references)."""
+    import ast
+
+    from tests.unit.test_architecture import ROOT, project_files
+
+    callers = set()
+    for path in project_files():
+        if path.relative_to(ROOT).parts[0] == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in {"dio", "harvest", "stonemask"}
+                and isinstance(node.value, ast.Name)
+                and node.value.id in {"pyworld", "pw"}
+            ):
+                callers.add(str(path.relative_to(ROOT)))
+    assert callers == {"agents/voice/f0/world_f0.py"}

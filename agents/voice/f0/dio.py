@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pyworld
 
 from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish
+from agents.voice.f0.world_f0 import world_f0
 
 
 class DioExtractor:
@@ -14,10 +14,9 @@ class DioExtractor:
     def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
         x = as_audio16k(audio16k).astype(np.float64)
         frame_period_ms = 1000.0 * HOP / SAMPLE_RATE
-        f0, times = pyworld.dio(
-            x, SAMPLE_RATE, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=frame_period_ms
+        f0, _ = world_f0(
+            x, SAMPLE_RATE, "dio", f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period_ms=frame_period_ms
         )
-        f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
         return finish(f0, x.shape[0], p_len)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pyworld
 
 from agents.voice.f0.base import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, F0Setup, as_audio16k, finish
+from agents.voice.f0.world_f0 import world_f0
 
 
 class HarvestExtractor:
@@ -14,11 +14,15 @@ class HarvestExtractor:
     def compute(self, audio16k: np.ndarray, p_len: int | None = None) -> np.ndarray:
         x = as_audio16k(audio16k).astype(np.float64)
         frame_period_ms = 1000.0 * HOP / SAMPLE_RATE
-        f0, times = pyworld.harvest(
-            x, SAMPLE_RATE, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=frame_period_ms
+        # world_f0 refines Harvest's estimate with StoneMask, as RVC does.
+        f0, _ = world_f0(
+            x,
+            SAMPLE_RATE,
+            "harvest",
+            f0_floor=F0_MIN,
+            f0_ceil=F0_MAX,
+            frame_period_ms=frame_period_ms,
         )
-        # StoneMask refines each frame's estimate from the instantaneous frequency, as RVC does.
-        f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
         return finish(f0, x.shape[0], p_len)
 
 
