@@ -10,7 +10,6 @@ is never served stale, and evicted least-recently-used first once the estimated 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,11 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundation.logging import get_logger
+from foundation.cache import LruCache
 from streams.keys import sha256_file
 from streams.settings import Settings
-
-log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -62,54 +59,30 @@ def _index_bytes(loaded: tuple[Any, np.ndarray]) -> int:
     return 2 * int(np.asarray(loaded[1]).nbytes)
 
 
-class ModelCache:
-    """Least-recently-used cache of loaded models, bounded by their estimated bytes.
+class ModelCache(LruCache[str, Any]):
+    """Least-recently-used cache of loaded models, bounded by their estimated bytes
+    (:class:`foundation.cache.LruCache`).
 
     The most recently used entry is always kept, even when it alone is over the bound: a worker
     must be able to hold the one model it is using.
     """
 
     def __init__(self, limit_bytes: int) -> None:
-        self.limit_bytes = int(limit_bytes)
-        self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.RLock()
-        self.hits = 0
-        self.misses = 0
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        super().__init__(max_bytes=limit_bytes)
 
     @property
-    def total_bytes(self) -> int:
-        with self._lock:
-            return sum(size for _, size in self._entries.values())
+    def limit_bytes(self) -> int:
+        return 0 if self.max_bytes is None else self.max_bytes
 
-    def get(self, key: str, load: Callable[[], T], size: Callable[[T], int] = estimated_bytes) -> T:
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return self._entries[key][0]  # type: ignore[no-any-return]
-            self.misses += 1
-            # Loading under the lock: two jobs asking for one model load it once.
-            value = load()
-            self._entries[key] = (value, int(size(value)))
-            self._evict()
-            return value
+    @limit_bytes.setter
+    def limit_bytes(self, value: int) -> None:
+        self.max_bytes = int(value)
 
-    def _evict(self) -> None:
-        while len(self._entries) > 1 and self.total_bytes > self.limit_bytes:
-            key, (_, size) = self._entries.popitem(last=False)
-            log.info("model evicted from cache", key=key, mb=round(size / 2**20, 1))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+    def get(  # type: ignore[override]
+        self, key: str, load: Callable[[], T], size: Callable[[T], int] = estimated_bytes
+    ) -> T:
+        value: T = super().get(key, load, size)
+        return value
 
 
 _shared: ModelCache | None = None

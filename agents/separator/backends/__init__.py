@@ -12,11 +12,10 @@ so a new model family is its module, its line here and its name in ``schemas/voc
 from __future__ import annotations
 
 import importlib
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 from agents.separator.backends.base import SAMPLE_RATE, SeparationBackend, Stems
+from foundation.cache import LruCache
 from foundation.errors import StageError
 from schemas.vocabulary import SeparationBackendKind
 
@@ -37,8 +36,7 @@ BACKEND_REGISTRY: dict[SeparationBackendKind, str] = {
 SPLEETER: SeparationBackendKind = "spleeter"
 A_CAPPELLA: SeparationBackendKind = "a_cappella"
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple[str, str, str], SeparationBackend] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: LruCache[tuple[str, str, str], SeparationBackend] = LruCache(max_entries=_CACHE_SIZE)
 
 
 def backend_kind(model: str) -> SeparationBackendKind:
@@ -68,19 +66,8 @@ def _create(model: str, model_dir: Path, device: str) -> SeparationBackend:
 
 def load_backend(model: str, model_dir: Path, device: str = "cpu") -> SeparationBackend:
     """The loaded backend for ``model`` on ``device``, reusing one loaded earlier here."""
-    key = (model, str(model_dir), device)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    backend = _create(model, model_dir, device)
-    with _cache_lock:
-        _cache[key] = backend
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return backend
+    return _cache.get((model, str(model_dir), device), lambda: _create(model, model_dir, device))
 
 
 def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
