@@ -2,6 +2,7 @@
 
     python bench/train.py [--steps 3] [--batch-size 2] [--frames 200] [--threads 2]
     python bench/train.py --lengths mixed [--examples 16] [--batch-size 4]
+    python bench/train.py --reference [--ref-rounds 2] [--steps 5]   # beside RVC WebUI's step
 
 ``--lengths fixed`` (the default) times steps on one batch of ``--frames`` frames per clip.
 ``--lengths mixed`` times one epoch over a corpus of clips of RVC-like mixed lengths (most near
@@ -9,6 +10,13 @@ the slicer's 3.7 s, a third anywhere from 0.4 s to 9 s), batched twice: in a ran
 trainer did before it had a bucket sampler, and by length bucket (``BucketBatchSampler``), with the
 padding each leaves. Each model size runs in its own process so its peak RSS is its own. Prints one
 JSON object.
+
+``--reference`` times our training step beside RVC WebUI's on RVC's own configuration (v2 48k,
+full size, batch 4, spectrogram frames 370 / 360 / 345 / 330, segment 17 280 samples, fp32, random
+data): the harness's ``bench_train.py`` (``RVC_HARNESS``, default ``../shared/rvc-reference``;
+``RVC_SRC``, ``RVC_VENV`` as for ``bench/convert.py --reference``) and ours, each in its own
+process, interleaved for ``--ref-rounds`` rounds; ``ratio`` is RVC's median seconds per step over
+ours.
 """
 
 from __future__ import annotations
@@ -16,9 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,14 +81,83 @@ def random_example(config: Any, frames: int, gen: torch.Generator) -> Example:
     )
 
 
-def _trainer(size: str, precision: TrainPrecision) -> Any:
-    config = get_config("v2", "40k", size)  # type: ignore[arg-type]
+def _trainer(size: str, precision: TrainPrecision, sample_rate: str = "40k") -> Any:
+    config = get_config("v2", sample_rate, size)  # type: ignore[arg-type]
     trainer = build_trainer(
         config,
-        TrainConfig(version="v2", sample_rate="40k", model_size=size, precision=precision),
+        TrainConfig(version="v2", sample_rate=sample_rate, model_size=size, precision=precision),  # type: ignore[arg-type]
         torch.device("cpu"),  # type: ignore[arg-type]
     )
     return config, trainer
+
+
+RVC_FRAMES = (370, 360, 345, 330)
+"""The harness's per-clip spectrogram frames (about 3.7 s slices at 48 kHz, RVC's preprocessing)."""
+
+
+def bench_rvc_config(steps: int, warmup: int, threads: int) -> dict[str, Any]:
+    """Our step on RVC's configuration, timed per step as the harness times RVC's."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config, trainer = _trainer("full", "fp32", "48k")
+    gen = torch.Generator().manual_seed(0)
+    batch = collate(
+        [random_example(config, frames, gen) for frames in RVC_FRAMES],
+        config.audio.hop_length,
+        config.synthesizer.segment_frames,
+    )
+    for _ in range(warmup):
+        trainer.step(batch)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        trainer.step(batch)
+        times.append(time.perf_counter() - started)
+    return {
+        "side": "singtome",
+        "batch": len(RVC_FRAMES),
+        "spec_frames": list(RVC_FRAMES),
+        "segment_size": config.train.segment_size,
+        "s_per_step": [round(t, 3) for t in times],
+        "s_per_step_median": round(statistics.median(times), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run_reference(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    harness = Path(os.environ.get("RVC_HARNESS", root.parent / "shared" / "rvc-reference"))
+    rvc_python = (
+        Path(os.environ.get("RVC_VENV", Path.home() / "rvcbase" / "venv")) / "bin" / "python"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    ours_cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--ours-on-reference",
+        "--steps", str(args.steps), "--threads", str(args.threads),
+    ]  # fmt: skip
+    rvc_cmd = [
+        str(rvc_python), str(harness / "bench_train.py"), "--steps", str(args.steps),
+        "--warmup", "2", "--threads", str(args.threads),
+    ]  # fmt: skip
+    ours, rvc = [], []
+    for _ in range(args.ref_rounds):
+        run = subprocess.run(ours_cmd, env=env, capture_output=True, text=True, check=True)
+        ours.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        run = subprocess.run(rvc_cmd, env=env, capture_output=True, text=True, check=True)
+        rvc.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    ours_median = statistics.median(t for r in ours for t in r["s_per_step"])
+    rvc_median = statistics.median(r["s_per_step_median"] for r in rvc)
+    return {
+        "config": "v2 48k full, batch 4, spec frames 370/360/345/330, segment 17280, fp32, CPU",
+        "threads": args.threads,
+        "rounds": args.ref_rounds,
+        "singtome_s_per_step_median": round(ours_median, 3),
+        "rvc_s_per_step_median": round(rvc_median, 3),
+        "ratio": round(rvc_median / ours_median, 3),
+        "singtome": ours,
+        "rvc": rvc,
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+    }
 
 
 def bench_epoch(
@@ -174,7 +256,16 @@ def main() -> None:
     parser.add_argument("--lengths", choices=["fixed", "mixed"], default="fixed")
     parser.add_argument("--examples", type=int, default=16, help="corpus size (--lengths mixed)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument("--reference", action="store_true", help="time RVC WebUI's step beside")
+    parser.add_argument("--ref-rounds", type=int, default=2)
+    parser.add_argument("--ours-on-reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ours_on_reference:
+        print(json.dumps(bench_rvc_config(args.steps, 2, args.threads)))
+        return
+    if args.reference:
+        print(json.dumps(run_reference(args), indent=2))
+        return
     mixed = args.lengths == "mixed"
 
     ctx = mp.get_context("spawn")

@@ -17,8 +17,8 @@ from scipy import signal
 
 from foundation.encode import ffmpeg_path, run_tool
 from foundation.errors import StageError
-from foundation.resample import resample, resample_signal
-from foundation.signal import DiskSignal, Signal, fit, in_memory
+from foundation.resample import resample_signal
+from foundation.signal import Allocate, DiskSignal, Signal, fit, in_memory
 
 HIGHPASS_HZ = 48.0
 """RVC removes rumble below 48 Hz before slicing (training) and before pitch/feature extraction."""
@@ -41,12 +41,13 @@ DISK_DECODE_FRAMES = 1 << 22
 file first (:class:`foundation.signal.DiskSignal`): memory then holds the resampled song only."""
 
 
-def _decode_soundfile(path: Path, sr: int) -> tuple[Signal, int]:
+def _decode_soundfile(path: Path, sr: int, allocate: Allocate) -> tuple[Signal, int]:
+    """Mono float32 at the file's own rate: into ``allocate``'s signal when the rate is already
+    ``sr``, else into memory (a temporary file for a long one), to be resampled from."""
     with sf.SoundFile(str(path)) as source:
         frames, file_sr = max(int(source.frames), 0), int(source.samplerate)
-        allocate = (
-            DiskSignal.factory() if frames > DISK_DECODE_FRAMES and file_sr != sr else in_memory
-        )
+        if file_sr != sr:
+            allocate = DiskSignal.factory() if frames > DISK_DECODE_FRAMES else in_memory
         mono = allocate(frames)
         at = 0
         for block in source.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True):
@@ -71,31 +72,50 @@ def decode(path: Path | str) -> tuple[np.ndarray, int]:
     return audio, int(sample_rate)
 
 
+def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        audio, file_sr = decode(path)
+    except Exception as exc:  # ffmpeg's failure, or a WAV it wrote that soundfile refuses
+        raise StageError("not_audio", f"{path.name} is not audio ffmpeg can decode") from exc
+    mono = _to_mono(audio)
+    if not np.all(np.isfinite(mono)):
+        raise StageError("corrupt_audio", f"{path.name} has non-finite samples")
+    return mono, file_sr
+
+
 def load_audio(path: Path | str, sr: int) -> np.ndarray:
     """Decode ``path`` to mono float32 at ``sr`` Hz.
 
-    Raises ``StageError('not_audio')`` when neither soundfile nor ffmpeg can decode it and
-    ``StageError('empty_audio')`` when it holds no samples.
+    Raises ``StageError('not_audio')`` when neither soundfile nor ffmpeg can decode it,
+    ``StageError('empty_audio')`` when it holds no samples and ``StageError('corrupt_audio')``
+    when a sample is NaN or infinite.
     """
+    return np.asarray(load_signal(path, sr))
+
+
+def load_signal(path: Path | str, sr: int, allocate: Allocate = in_memory) -> Signal:
+    """:func:`load_audio` into a signal made by ``allocate``: with
+    :meth:`~foundation.signal.DiskSignal.factory`, a long song never sits in memory whole."""
     path = Path(path)
     if not path.is_file():
         raise StageError("missing_object", f"audio file not found: {path.name}")
+    decoded: Signal
     try:
-        decoded, file_sr = _decode_soundfile(path, sr)
+        decoded, file_sr = _decode_soundfile(path, sr, allocate)  # checks each block's samples
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        try:
-            audio, file_sr = decode(path)
-            decoded = _to_mono(audio)
-        except Exception as exc:  # ffmpeg's failure, or a WAV it wrote that soundfile refuses
-            raise StageError("not_audio", f"{path.name} is not audio ffmpeg can decode") from exc
-    if isinstance(decoded, np.ndarray) and not np.all(np.isfinite(decoded)):
-        raise StageError("corrupt_audio", f"{path.name} has non-finite samples")
+        decoded, file_sr = _decode_ffmpeg(path)
     if len(decoded) == 0:
         raise StageError("empty_audio", f"{path.name} has no samples")
+    if file_sr == sr:
+        if isinstance(decoded, np.ndarray) and allocate is not in_memory:
+            target = allocate(len(decoded))
+            target[:] = decoded
+            return target
+        return decoded
+    resampled = resample_signal(decoded, file_sr, sr, allocate)
     if isinstance(decoded, DiskSignal):
-        with decoded:
-            return np.asarray(resample_signal(decoded, file_sr, sr, in_memory))
-    return resample(np.asarray(decoded), file_sr, sr)
+        decoded.close()
+    return resampled
 
 
 @lru_cache(maxsize=16)

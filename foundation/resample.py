@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from foundation.signal import Allocate, Signal
+from foundation.signal import Allocate, Signal, in_memory
 
 LOWPASS_WIDTH = 64
 ROLLOFF = 0.9475937167399596
@@ -75,7 +75,7 @@ def _resample_1d(audio: Signal, sr_in: int, sr_out: int, allocate: Allocate | No
     chunk = max(1, RESAMPLE_CHUNK // step_in) * step_in
     if len(audio) <= chunk + 2 * context:
         whole = _resample_whole(audio[:], sr_in, sr_out)
-        if allocate is None:
+        if allocate is None or allocate is in_memory:
             return whole
         target = allocate(len(whole))
         target[:] = whole

@@ -23,7 +23,6 @@ import soundfile as sf
 
 from foundation.levels import fit_length
 
-SAMPLE_BYTES = 4  # float32
 BLOCK = 1 << 20
 """Samples read or written at a time by the block helpers below (4 MB)."""
 
@@ -48,13 +47,18 @@ def in_memory(length: int) -> np.ndarray:
 
 
 class DiskSignal:
-    """A zero-filled float32 signal of ``length`` samples in an unlinked temporary file.
+    """A zero-filled signal of ``length`` samples (float32, or ``dtype``) in an unlinked
+    temporary file.
 
     Slices read (``signal[a:b]`` gives a new array) and write (``signal[a:b] = array``) like a
     numpy array's, step 1 only. The file goes away when the signal is closed or collected.
     """
 
-    def __init__(self, length: int, directory: str | Path | None = None) -> None:
+    def __init__(
+        self, length: int, directory: str | Path | None = None, dtype: type = np.float32
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        self._itemsize = self.dtype.itemsize
         if length < 0:
             raise ValueError(f"a signal cannot have {length} samples")
         # Closed by close(), __exit__ or the garbage collector: the signal owns the file.
@@ -64,9 +68,9 @@ class DiskSignal:
         self.resize(length)
 
     @classmethod
-    def factory(cls, directory: str | Path | None = None) -> Allocate:
+    def factory(cls, directory: str | Path | None = None, dtype: type = np.float32) -> Allocate:
         """An :data:`Allocate` making disk signals in ``directory`` (default: the temp dir)."""
-        return lambda length: cls(length, directory)
+        return lambda length: cls(length, directory, dtype)
 
     def __len__(self) -> int:
         return self._length
@@ -89,7 +93,7 @@ class DiskSignal:
 
     def resize(self, length: int) -> None:
         """Trim to ``length`` samples, or extend with zeros."""
-        os.ftruncate(self._fd, length * SAMPLE_BYTES)
+        os.ftruncate(self._fd, length * self._itemsize)
         self._length = length
 
     def _bounds(self, key: slice) -> tuple[int, int]:
@@ -102,23 +106,25 @@ class DiskSignal:
 
     def __getitem__(self, key: slice) -> np.ndarray:
         first, last = self._bounds(key)
-        out = np.empty(last - first, dtype=np.float32)
+        out = np.empty(last - first, dtype=self.dtype)
         view = memoryview(out).cast("B")
+        offset = first * self._itemsize
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], first * SAMPLE_BYTES + done)
+            got = os.preadv(self._fd, [view[done:]], offset + done)
             if got <= 0:
-                raise OSError(f"short read from a signal file at byte {first * 4 + done}")
+                raise OSError(f"short read from a signal file at byte {offset + done}")
             done += got
         return out
 
     def __setitem__(self, key: slice, value: np.ndarray | float) -> None:
         first, last = self._bounds(key)
-        data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.float32), (last - first,)))
+        data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, self.dtype), (last - first,)))
         view = memoryview(data).cast("B")
+        offset = first * self._itemsize
         done = 0
         while done < len(view):
-            done += os.pwrite(self._fd, view[done:], first * SAMPLE_BYTES + done)
+            done += os.pwrite(self._fd, view[done:], offset + done)
 
     def to_numpy(self) -> np.ndarray:
         """The whole signal as an array (for short signals and tests)."""

@@ -31,7 +31,6 @@ from agents.converter.models import (
 from agents.voice import world
 from foundation.device import resolve_device
 from foundation.errors import StageError
-from foundation.levels import fit_length
 from foundation.logging import get_logger
 from foundation.progress import ProgressFn
 from foundation.resample import resample_signal
@@ -46,6 +45,8 @@ log = get_logger(__name__)
 
 # Loudness is judged on the loudest 50 ms: a vocal stem is mostly pauses.
 LOUDNESS_WINDOW_S = 0.05
+LOUDNESS_BLOCK = 1 << 20
+"""Samples read at a time when judging silence."""
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -98,15 +99,20 @@ def find_voice_files(voice_dir_or_files: Path | Sequence[Path]) -> VoiceFiles:
     )
 
 
-def peak_loudness_dbfs(audio: np.ndarray, sr: int) -> float:
-    """RMS level (dBFS) of the loudest :data:`LOUDNESS_WINDOW_S` window."""
+def peak_loudness_dbfs(audio: Signal, sr: int) -> float:
+    """RMS level (dBFS) of the loudest :data:`LOUDNESS_WINDOW_S` window, a few windows at a
+    time (``audio`` may be a disk signal)."""
     window = max(1, int(LOUDNESS_WINDOW_S * sr))
-    x = np.asarray(audio, dtype=np.float64)
-    usable = len(x) // window * window
+    usable = len(audio) // window * window
     if usable == 0:
+        x = np.asarray(audio[:], dtype=np.float64)
         energy = float(np.mean(x**2)) if x.size else 0.0
     else:
-        energy = float(np.max(np.mean(x[:usable].reshape(-1, window) ** 2, axis=1)))
+        energy = 0.0
+        step = max(1, LOUDNESS_BLOCK // window) * window
+        for first in range(0, usable, step):
+            x = np.asarray(audio[first : min(usable, first + step)], dtype=np.float64)
+            energy = max(energy, float(np.max(np.mean(x.reshape(-1, window) ** 2, axis=1))))
     return 10.0 * float(np.log10(max(energy, 1e-20)))
 
 
@@ -258,7 +264,7 @@ def convert_vocals(
     Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
     ``unsafe_model`` and the audio decoding codes of :func:`foundation.audio.load_audio`.
     """
-    from foundation.audio import load_audio
+    from foundation.audio import load_signal
 
     vocals_path = Path(vocals_path)
     voice = (
@@ -267,7 +273,12 @@ def convert_vocals(
         else find_voice_files(voice_dir_or_files)
     )
     sr = settings.stem_sample_rate
-    vocals = load_audio(vocals_path, sr)
+    out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # The song-length signals stay in temporary files beside the output, read and written a
+    # block at a time: the worker's memory does not grow with the song's length.
+    on_disk = DiskSignal.factory(out_path.parent)
+    vocals = load_signal(vocals_path, sr, on_disk)
     loudness = peak_loudness_dbfs(vocals, sr)
     if loudness < settings.silence_dbfs:
         raise StageError(
@@ -276,8 +287,6 @@ def convert_vocals(
             f"{loudness:.0f} dBFS, below {settings.silence_dbfs:.0f})",
         )
     cache = cache if cache is not None else shared_cache(settings)
-    out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
 
     length = len(vocals)
     if voice.backend == "world":
@@ -294,25 +303,23 @@ def convert_vocals(
             key is None,
             progress,
             f0_method,
+            scratch=out_path.parent,
         )
         semitones, key_method = report.semitones, report.key_method
-        converted: Signal = fit_length(np.asarray(world_audio, dtype=np.float32), length)
+        converted: Signal = fit(world_audio, length)
     else:
         if key is not None:
             params = params.model_copy(update={"f0_up_key": key})
         semitones, key_method = params.f0_up_key, "requested"
-        del vocals  # only its length is needed from here on: do not hold the song twice
-        # The converted song stays in temporary files beside the output, read and written a
-        # block at a time: the worker's memory does not grow with the song's length.
-        on_disk = DiskSignal.factory(out_path.parent)
         converted, out_sr = _convert_rvc(
             vocals_path, voice, params, settings, progress, cache, on_disk
         )
         converted = fit(resample_signal(converted, out_sr, sr, on_disk), length)
 
     write_sound_file(out_path, converted, sr)
-    if isinstance(converted, DiskSignal):
-        converted.close()
+    for signal in (vocals, converted):
+        if isinstance(signal, DiskSignal):
+            signal.close()
     progress(1.0, "vocals converted")
     return ConversionResult(
         path=out_path,

@@ -72,10 +72,34 @@ def speaker_embedding(clips: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
             wavs.append(wav)
     if not wavs:
         return None
-    embedding = np.asarray(
-        encoder.embed_speaker(wavs) if len(wavs) > 1 else encoder.embed_utterance(wavs[0])
-    )
+    utterances = [_embed_utterance(encoder, wav) for wav in wavs]
+    embedding = np.mean(utterances, axis=0) if len(utterances) > 1 else utterances[0]
     return embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+
+
+PARTIALS_PER_BATCH = 64
+"""Resemblyzer's 1.6 s partial utterances embedded at a time: its own ``embed_utterance`` runs
+every partial of a song through the LSTM at once (about 0.5 GB for 10 minutes)."""
+
+
+def _embed_utterance(encoder: Any, wav: np.ndarray) -> np.ndarray:
+    """Resemblyzer's utterance embedding (the L2-normed mean of its partial utterances'
+    embeddings, its own slicing and mel frames), the partials a batch at a time."""
+    import torch
+    from resemblyzer import audio
+
+    wav_slices, mel_slices = encoder.compute_partial_slices(len(wav), 1.3, 0.75)
+    if wav_slices[-1].stop >= len(wav):
+        wav = np.pad(wav, (0, wav_slices[-1].stop - len(wav)))
+    mel = audio.wav_to_mel_spectrogram(wav)
+    total = np.zeros(0)
+    for first in range(0, len(mel_slices), PARTIALS_PER_BATCH):
+        batch = np.array([mel[s] for s in mel_slices[first : first + PARTIALS_PER_BATCH]])
+        with torch.no_grad():
+            partial = encoder(torch.from_numpy(batch).to(encoder.device)).cpu().numpy()
+        total = partial.sum(axis=0) if not total.size else total + partial.sum(axis=0)
+    raw = total / len(mel_slices)
+    return raw / np.linalg.norm(raw, 2)
 
 
 def similarity(a: np.ndarray | None, b: np.ndarray | None) -> float | None:

@@ -42,6 +42,7 @@ from foundation.logging import get_logger
 from foundation.progress import ProgressFn
 from foundation.resample import resample
 from foundation.segments import quiet_cut_points, spans
+from foundation.signal import DiskSignal, Signal, blocks, peak
 from schemas.vocabulary import WORLD_F0_METHODS
 
 BACKEND = "world"
@@ -309,9 +310,12 @@ def learn_codebook(shapes: np.ndarray, size: int | None = None) -> np.ndarray:
 
 
 class EnvelopeStats:
-    """Running sums for a profile: log-f0 moments and the average envelope shape."""
+    """Running sums for a profile: log-f0 moments and the average envelope shape, and (unless
+    ``codebook`` is False: a song being converted needs no codebook of its own) up to
+    CODEBOOK_MAX_FRAMES frame shapes for the codebook."""
 
-    def __init__(self) -> None:
+    def __init__(self, codebook: bool = True) -> None:
+        self.collect_shapes = codebook
         self.envelope_sum = np.zeros_like(GRID_HZ)
         self.envelope_frames = np.zeros_like(GRID_HZ)
         self.log_f0_sum = 0.0
@@ -356,7 +360,11 @@ class EnvelopeStats:
         reach = 0.98 * sr / 2 >= GRID_HZ
         self.envelope_sum[reach] += np.interp(GRID_HZ[reach], bins_hz, shape_sum)
         self.envelope_frames[reach] += int(loud.sum())
-        if self._shape_count < CODEBOOK_MAX_FRAMES and sr >= 2 * SHAPE_HZ[-1]:
+        if (
+            self.collect_shapes
+            and self._shape_count < CODEBOOK_MAX_FRAMES
+            and sr >= 2 * SHAPE_HZ[-1]
+        ):
             shapes, _, _ = shape_vectors(envelope[voiced][loud][::2], sr)
             self.shapes.append(shapes[: CODEBOOK_MAX_FRAMES - self._shape_count])
             self._shape_count += len(self.shapes[-1])
@@ -535,27 +543,47 @@ def _fit_frames(values: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(values, pad, mode="edge" if len(values) else "constant")
 
 
+class _Mono:
+    """The vocals as float64 mono, zero-padded to ``length`` samples, read by slices: a song of
+    any length (an array, or a disk signal) without a float64 copy of the whole of it."""
+
+    def __init__(self, source: Signal | np.ndarray, length: int) -> None:
+        self.source = source
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        first, last, _ = key.indices(self.length)
+        last = max(first, last)
+        have = max(first, min(last, len(self.source)))
+        part = np.asarray(self.source[first:have], dtype=np.float64)
+        if part.ndim > 1:
+            part = part.mean(axis=1)
+        if have < last:
+            part = np.concatenate([part, np.zeros(last - have)])
+        return part
+
+
 @dataclass
 class _Pieces:
     """The padded signal and its quiet-point pieces, with context margins for each."""
 
-    audio: np.ndarray  # float64, padded to a whole number of steps
+    audio: _Mono  # float64 mono, padded to a whole number of steps
     length: int  # samples of the original audio
     grid: FrameGrid
     pieces: list[tuple[int, int]]
     margin: int
 
     @classmethod
-    def split(cls, audio: np.ndarray, sr: int) -> _Pieces:
+    def split(cls, audio: Signal | np.ndarray, sr: int) -> _Pieces:
         grid = FrameGrid.for_rate(sr)
-        signal = np.asarray(audio, dtype=np.float64)
-        if signal.ndim > 1:
-            signal = signal.mean(axis=1)
-        length = len(signal)
+        length = len(audio)
         padded_length = max(1, math.ceil(length / grid.step)) * grid.step
-        signal = np.pad(signal, (0, padded_length - length))
+        signal = _Mono(audio, padded_length)
         cuts = quiet_cut_points(
-            signal,
+            signal,  # type: ignore[arg-type]  # read by slices only
             every=int(PIECE_S * sr),
             search=int(CUT_SEARCH_S * sr),
             window=max(1, int(0.02 * sr)),
@@ -944,20 +972,46 @@ def spectrum_correction_db(output: LongTermSpectrum, profile: VoiceProfile) -> n
     return correction
 
 
+SPECTRUM_BLOCK = 1 << 18
+"""Samples of a song measured and equalised at a time (a multiple of the spectrum's 256-frame
+blocks, so measuring piece by piece finds the very frames measuring the whole does)."""
+
+
 def match_spectrum(audio: np.ndarray, sr: int, profile: VoiceProfile) -> np.ndarray:
     """``audio`` through a linear-phase EQ toward the profile's long-term spectrum."""
+    out = np.empty(len(audio))
+    _match_spectrum_into(audio, sr, profile, out)
+    return out
+
+
+def _match_spectrum_into(audio: Signal, sr: int, profile: VoiceProfile, out: Signal) -> None:
+    """:func:`match_spectrum` from one signal into another, a block at a time: the
+    measurement by whole 256-frame blocks, the FIR with its half-length of context."""
     from scipy.signal import firwin2, oaconvolve
 
     measured = LongTermSpectrum()
-    measured.add(audio, sr)
+    length = len(audio)
+    overlap = LongTermSpectrum.FFT // 2  # a block's last frames reach into the next block
+    for first in range(0, length, SPECTRUM_BLOCK):
+        measured.add(audio[first : min(length, first + SPECTRUM_BLOCK + overlap)], sr)
     correction = spectrum_correction_db(measured, profile)
     if not np.any(correction):
-        return audio
+        for first in range(0, length, SPECTRUM_BLOCK):
+            out[first : first + SPECTRUM_BLOCK] = audio[first : first + SPECTRUM_BLOCK]
+        return
     nyquist = sr / 2.0
     freqs = np.concatenate((GRID_HZ[nyquist > GRID_HZ], [nyquist]))
     gains = 10.0 ** (np.interp(freqs, GRID_HZ, correction) / 20.0)
     taps = firwin2(EQ_TAPS, freqs / nyquist, gains)
-    return oaconvolve(np.asarray(audio, dtype=np.float64), taps, mode="same")
+    half = EQ_TAPS // 2  # odd taps: 'same' output n reads inputs n - half .. n + half
+    for first in range(0, length, SPECTRUM_BLOCK):
+        last = min(length, first + SPECTRUM_BLOCK)
+        low, high = max(0, first - half), min(length, last + half)
+        context = np.concatenate(
+            [np.zeros(low - (first - half)), np.asarray(audio[low:high], dtype=np.float64),
+             np.zeros(last + half - high)]
+        )  # fmt: skip
+        out[first:last] = oaconvolve(context, taps, mode="valid")
 
 
 def convert_world(
@@ -973,27 +1027,34 @@ def convert_world(
 
     Returns mono float32 at ``sr``, the same length as the input.
     """
-    return convert_world_with_report(vocals, sr, profile, f0_up_key, auto_key, progress, f0_method)[
-        0
-    ]
+    converted, _ = convert_world_with_report(
+        vocals, sr, profile, f0_up_key, auto_key, progress, f0_method
+    )
+    return np.asarray(converted)
 
 
 def convert_world_with_report(
-    vocals: np.ndarray,
+    vocals: Signal | np.ndarray,
     sr: int,
     profile: VoiceProfile,
     f0_up_key: int = 0,
     auto_key: bool = True,
     progress: ProgressFn = _no_progress,
     f0_method: str = "fcpe",
-) -> tuple[np.ndarray, WorldReport]:
-    """:func:`convert_world`, and what it decided (key and how it was chosen, warp)."""
+    scratch: str | Path | None = None,
+) -> tuple[Signal, WorldReport]:
+    """:func:`convert_world`, and what it decided (key and how it was chosen, warp).
+
+    ``vocals`` may be a disk signal; with a ``scratch`` directory the song-length buffers (the
+    resynthesis, the EQ's output, the result) are disk signals there too, so memory holds a
+    piece at a time, whatever the song's length. Without one the result is a float32 array.
+    """
     import pyworld
 
     if f0_method not in F0_METHODS:
         raise ValueError(f"WORLD f0 method must be one of {F0_METHODS}")
     split = _Pieces.split(vocals, sr)
-    stats = EnvelopeStats()
+    stats = EnvelopeStats(codebook=False)  # the source's own codebook is never used
     f0 = _analyse(split, sr, stats, f0_method, lambda f, m: progress(0.4 * f, m))
     source = stats.profile()
     semitones = key_shift_semitones(source, profile, f0_up_key, auto_key)
@@ -1011,7 +1072,13 @@ def convert_world_with_report(
     )
 
     grid = split.grid
-    out = np.zeros(len(split.audio))
+
+    def buffer(length: int, dtype: type) -> Signal:
+        if scratch is None:
+            return np.zeros(length, dtype=dtype)
+        return DiskSignal(length, scratch, dtype)
+
+    out = buffer(len(split.audio), np.float64)
     degraded: dict[int, np.ndarray] = {}  # the codebook by pitch class, for every piece
     for index, (start, end) in enumerate(split.pieces):
         low, high = split.context(start, end)
@@ -1032,10 +1099,19 @@ def convert_world_with_report(
         out[start:end] = voice[start - low : end - low]
         progress(0.4 + 0.6 * (index + 1) / len(split.pieces), "resynthesising in the target voice")
 
-    out = match_spectrum(out[: split.length], sr, profile)
-    peak = float(np.max(np.abs(out))) if out.size else 0.0
-    if peak > 0.99:
-        out *= 0.99 / peak
+    matched = buffer(split.length, np.float64)
+    _match_spectrum_into(_Head(out, split.length), sr, profile, matched)
+    if isinstance(out, DiskSignal):
+        out.close()
+    result = buffer(split.length, np.float32)
+    loudest = peak(matched)
+    factor = 0.99 / loudest if loudest > 0.99 else 1.0
+    for first, block in blocks(matched):
+        result[first : first + len(block)] = (block * factor if factor != 1.0 else block).astype(
+            np.float32
+        )
+    if isinstance(matched, DiskSignal):
+        matched.close()
     report = WorldReport(
         semitones=semitones,
         warp=mapping.warp,
@@ -1043,7 +1119,24 @@ def convert_world_with_report(
         source_median_hz=source.f0_median_hz,
         target_median_hz=profile.f0_median_hz,
     )
-    return out.astype(np.float32), report
+    return result, report
+
+
+class _Head:
+    """The first ``length`` samples of a signal, read by slices."""
+
+    def __init__(self, signal: Signal, length: int) -> None:
+        self.signal, self.length = signal, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        first, last, _ = key.indices(self.length)
+        return self.signal[first : max(first, last)]
+
+    def __setitem__(self, key: slice, value: np.ndarray) -> None:
+        raise TypeError("read only")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from agents.converter.agent import handle as convert_handle
@@ -19,7 +20,7 @@ from agents.mixer.agent import handle as mix_handle
 from agents.trainer.profile import learn_profile
 from agents.voice import quality
 from foundation.audio import load_audio
-from frontends.demo_audio import accompaniment, parallel_pair, sung_vocal, write
+from frontends.demo_audio import accompaniment, parallel_pair, speech_voice, sung_vocal, write
 from schemas.events import (
     ConversionOptions,
     ConversionQuality,
@@ -196,3 +197,17 @@ def test_the_fallback_meets_its_figures_on_the_pair(job: dict[str, Any]) -> None
     assert abs(band) <= 10.0
     report = job["converted"].quality
     assert report.speaker_similarity >= 0.87 and report.source_similarity < 0.75
+
+
+def test_the_utterance_embedding_in_batches_is_resemblyzers_own() -> None:
+    """A minute of voice is more than one batch of partial utterances: the batched embedding
+    is the one ``embed_utterance`` gives running every partial at once."""
+    from resemblyzer import preprocess_wav
+
+    voice = np.tile(speech_voice(6.0, quality.ANALYSIS_SR, voice="en+f2", seed=5), 10)
+    wav = preprocess_wav(voice, source_sr=quality.ANALYSIS_SR)
+    encoder = quality._voice_encoder()
+    batched = quality._embed_utterance(encoder, wav)
+    _, _, slices = encoder.embed_utterance(wav, return_partials=True)
+    assert len(slices) > quality.PARTIALS_PER_BATCH
+    np.testing.assert_allclose(batched, encoder.embed_utterance(wav), atol=1e-6)

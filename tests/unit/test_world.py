@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from agents.voice.world import (
 )
 from foundation.errors import StageError
 from foundation.resample import resample
+from foundation.signal import DiskSignal
 from frontends.demo_audio import F0_HOP_S, speech_voice, sung_vocal, write
 
 SR = 44100
@@ -346,3 +348,84 @@ def test_a_profile_with_a_broken_optional_array_is_refused(
     with pytest.raises(StageError, match=f"malformed {what}") as caught:
         VoiceProfile.load(broken)
     assert caught.value.code == "invalid_model"
+
+
+# --------------------------------------------------------------------------------------------------
+# Long songs: the song-length buffers on disk
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_eq_block_by_block_is_the_eq_of_the_whole(target_profile: VoiceProfile) -> None:
+    """Measured by whole 256-frame blocks and filtered with the FIR's context, the EQ of a
+    song longer than several blocks is the one-pass EQ (same frames, same taps)."""
+    from scipy.signal import firwin2, oaconvolve
+
+    audio = np.tile(speech_voice(4.0, SR, voice="en+m3", seed=8), 4)[
+        : 3 * world.SPECTRUM_BLOCK + 777
+    ]
+    measured = world.LongTermSpectrum()
+    measured.add(audio, SR)
+    correction = world.spectrum_correction_db(measured, target_profile)
+    assert np.any(correction)
+    nyquist = SR / 2.0
+    freqs = np.concatenate((GRID_HZ[nyquist > GRID_HZ], [nyquist]))
+    taps = firwin2(
+        world.EQ_TAPS, freqs / nyquist, 10.0 ** (np.interp(freqs, GRID_HZ, correction) / 20)
+    )
+    whole = oaconvolve(audio.astype(np.float64), taps, mode="same")
+    blocks = world.match_spectrum(audio, SR, target_profile)
+    assert blocks.shape == whole.shape
+    assert np.max(np.abs(blocks - whole)) < 1e-9 * np.max(np.abs(whole))
+
+
+def test_world_through_disk_signals_gives_the_same_samples(
+    target_profile: VoiceProfile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(world, "PIECE_S", 1.0)
+    monkeypatch.setattr(world, "CUT_SEARCH_S", 0.3)
+    vocals, _ = sung_vocal(4.0, SR, voice="en+m3", seed=9)
+    in_memory, report = world.convert_world_with_report(vocals, SR, target_profile, 2, False)
+    source = DiskSignal(len(vocals), tmp_path)
+    source[:] = vocals
+    on_disk, again = world.convert_world_with_report(
+        source, SR, target_profile, 2, False, scratch=tmp_path
+    )
+    assert isinstance(in_memory, np.ndarray) and isinstance(on_disk, DiskSignal)
+    assert again == report and len(on_disk) == len(vocals)
+    np.testing.assert_array_equal(on_disk.to_numpy(), in_memory)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind: the files are unlinked
+
+
+def _world_traced_peak(seconds: int, profile: VoiceProfile, tmp_path: Path) -> int:
+    """Peak traced bytes converting ``seconds`` of vocals that come in 15 s phrases (13 s sung,
+    2 s rest), so every piece is one phrase whatever the song's length."""
+    sr = 16000
+    phrase = np.concatenate(
+        [sung_vocal(13.0, sr, voice="en+m3", seed=10)[0], np.zeros(2 * sr, dtype=np.float32)]
+    )
+    assert len(phrase) == world.PIECE_S * sr
+    vocals = DiskSignal(seconds * sr, tmp_path)
+    for first in range(0, len(vocals), len(phrase)):
+        vocals[first : first + len(phrase)] = phrase[: len(vocals) - first]
+    tracemalloc.start()
+    try:
+        converted, _ = world.convert_world_with_report(
+            vocals, sr, profile, 0, False, f0_method="dio", scratch=tmp_path
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(converted) == len(vocals)
+    return peak
+
+
+def test_world_memory_does_not_grow_with_the_song(
+    target_profile: VoiceProfile, tmp_path: Path
+) -> None:
+    """Four times the song, and the peak grows by less than one float32 copy of the extra
+    audio (measured: a third of one, the frame-rate pitch track and which piece is the largest;
+    before: about ten copies, the float64 input, output and EQ buffers, and the song's own frame
+    shapes for a codebook it never used)."""
+    short = _world_traced_peak(30, target_profile, tmp_path)
+    long = _world_traced_peak(120, target_profile, tmp_path)
+    assert long - short < 90 * 16000 * 4
