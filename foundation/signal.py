@@ -154,7 +154,7 @@ def fit(signal: Signal, length: int) -> Signal:
     if isinstance(signal, DiskSignal):
         signal.resize(length)
         return signal
-    return fit_length(np.asarray(signal, dtype=np.float32), length)
+    return fit_length(np.asarray(signal), length)
 
 
 def write_sound_file(

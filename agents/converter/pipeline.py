@@ -452,30 +452,11 @@ def convert_audio16k(
     progress: ProgressFn = _no_progress,
     windows: Windows = Windows(),
     batch_pieces: int = 1,
-) -> np.ndarray:
-    """Converted vocals at the model's rate from high-passed 16 kHz vocals, as an array
-    (:func:`render_audio16k` into memory)."""
-    converted = render_audio16k(
-        audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows,
-        batch_pieces,
-    )  # fmt: skip
-    return np.asarray(converted, dtype=np.float32)
-
-
-def render_audio16k(
-    audio16k: np.ndarray,
-    voice_model: Any,
-    encoder: ContentExtractor,
-    index: LoadedIndex | None,
-    params: ConversionOptions,
-    f0_extractor: PitchExtractor | None,
-    progress: ProgressFn = _no_progress,
-    windows: Windows = Windows(),
-    batch_pieces: int = 1,
     allocate: Allocate = in_memory,
 ) -> Signal:
     """Converted vocals at the model's rate from high-passed 16 kHz vocals, rendered piece by
-    piece into a signal made by ``allocate`` (an array, or a disk signal for long songs).
+    piece into a signal made by ``allocate`` (by default a float32 array; a disk signal keeps a
+    long song out of memory).
 
     ``batch_pieces`` pieces go through the synthesizer together (worth it on a GPU).
     """
@@ -590,7 +571,7 @@ def convert_rvc(
     audio16k = highpass_48hz(
         load_audio(vocals_path, SAMPLE_RATE), SAMPLE_RATE, zero_phase=True, overwrite=True
     )
-    converted = render_audio16k(
+    converted = convert_audio16k(
         audio16k, voice_model, encoder, index, params, f0_extractor, progress, windows,
         batch_pieces, allocate,
     )  # fmt: skip

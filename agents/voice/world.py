@@ -42,7 +42,7 @@ from foundation.logging import get_logger
 from foundation.progress import ProgressFn
 from foundation.resample import resample
 from foundation.segments import quiet_cut_points, spans
-from foundation.signal import DiskSignal, Signal, blocks, peak
+from foundation.signal import DiskSignal, Signal, blocks, fit, peak
 from schemas.vocabulary import WORLD_F0_METHODS
 
 BACKEND = "world"
@@ -1100,7 +1100,7 @@ def convert_world_with_report(
         progress(0.4 + 0.6 * (index + 1) / len(split.pieces), "resynthesising in the target voice")
 
     matched = buffer(split.length, np.float64)
-    _match_spectrum_into(_Head(out, split.length), sr, profile, matched)
+    _match_spectrum_into(fit(out, split.length), sr, profile, matched)
     if isinstance(out, DiskSignal):
         out.close()
     result = buffer(split.length, np.float32)
@@ -1120,23 +1120,6 @@ def convert_world_with_report(
         target_median_hz=profile.f0_median_hz,
     )
     return result, report
-
-
-class _Head:
-    """The first ``length`` samples of a signal, read by slices."""
-
-    def __init__(self, signal: Signal, length: int) -> None:
-        self.signal, self.length = signal, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        first, last, _ = key.indices(self.length)
-        return self.signal[first : max(first, last)]
-
-    def __setitem__(self, key: slice, value: np.ndarray) -> None:
-        raise TypeError("read only")
 
 
 @dataclass(frozen=True)

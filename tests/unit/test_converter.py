@@ -27,7 +27,6 @@ from agents.converter.pipeline import (
     mix_volume_envelope,
     pitch_track,
     protect_unvoiced,
-    render_audio16k,
     upsample_features,
 )
 from agents.voice.checkpoint import VoiceModel, load_voice_model, save_inference_model
@@ -584,7 +583,7 @@ def test_rendering_into_a_disk_signal_gives_the_same_samples(tmp_path: Path) -> 
         model = recording_model(tgt_sr=48000)
         with torch.no_grad():
             model.synthesizer.gain.fill_(1e5)  # loud enough for the 0.99 peak scaling to act
-        rendered = render_audio16k(
+        rendered = convert_audio16k(
             audio, model, FrameLocalEncoder(8), None, params, extractor,
             windows=SMALL_PIECES, allocate=allocate,
         )  # fmt: skip
