@@ -21,6 +21,9 @@ DEFAULT_F0_METHOD: F0Method = "rmvpe"
 # asked of it runs as 'fcpe'.
 WorldF0Method = Literal["fcpe", "dio", "harvest"]
 WORLD_F0_METHODS: tuple[WorldF0Method, ...] = get_args(WorldF0Method)
+WorldTracker = Literal["dio", "harvest"]
+"""WORLD's own first-estimate trackers (agents/voice/f0/world_f0.py), refined by StoneMask."""
+WORLD_TRACKERS: tuple[WorldTracker, ...] = get_args(WorldTracker)
 
 # What the trainer produced and the converter runs: an RVC model, or the no-weights WORLD
 # fallback voice profile.

@@ -8,12 +8,11 @@ generated demo audio all call :func:`world_f0`.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 
-WorldTracker = Literal["dio", "harvest"]
-WORLD_TRACKERS: tuple[WorldTracker, ...] = get_args(WorldTracker)
+from schemas.vocabulary import WORLD_TRACKERS, WorldTracker
+
+__all__ = ["WORLD_TRACKERS", "WorldTracker", "refine_f0", "world_f0"]
 
 
 def _as_world_audio(audio: np.ndarray) -> np.ndarray:
