@@ -42,6 +42,7 @@ DEFAULT_TILE_FRAMES = 256
 """Latent frames per decoder window: at 48 kHz the largest tensor of a window is then about
 16 MB, below glibc's largest mmap threshold, and the context overhead is below 10 %."""
 CONTEXT_SAFETY_FRAMES = 2
+ORT_SPINNING_KEY = "session.intra_op.allow_spinning"
 
 
 class DecoderWindow(Protocol):
@@ -128,6 +129,12 @@ class OnnxWindow:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning between runs. Measured on 2 cores, a
+        # 48 kHz decoder window with torch work between windows: 45.8 vs 47.0 CPU-s (1 %
+        # faster in wall time) on a quiet machine, 45-51 vs 57-59 CPU-s beside other load,
+        # where the spinning threads take cores the rest of the conversion (and other
+        # workers) need.
+        options.add_session_config_entry(ORT_SPINNING_KEY, "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]

@@ -13,6 +13,7 @@ from agents.converter.pipeline import PreparedPiece, synthesize
 from agents.voice.checkpoint import VoiceModel
 from agents.voice.configs import get_config
 from agents.voice.inference import (
+    ORT_SPINNING_KEY,
     FastSynthesizer,
     TorchWindow,
     decode_window,
@@ -144,6 +145,8 @@ def test_onnx_runtime_window_agrees_with_torch() -> None:
         expected = _plain(synth, inputs)
         model = prepare_for_inference(_voice(_synth("v2", "48k", f0)), "onnx", tile_frames=64)
         assert model.fast.runtime == "onnx"
+        options = model.fast.window.session.get_session_options()
+        assert options.get_session_config_entry(ORT_SPINNING_KEY) == "0"  # threads sleep
         got = _fast(model.fast, inputs)
         assert torch.allclose(got, expected, atol=ATOL), (got - expected).abs().max()
 
