@@ -56,12 +56,12 @@ def _stack_config(settings: Settings) -> Any:
     from frontends.stack import StackConfig
 
     return StackConfig(
-        root=settings.stack_dir,
-        kafka_port=settings.kafka_port,
-        s3_port=settings.s3_port,
-        bucket=settings.s3_bucket,
-        broker=settings.stack_broker,
-        kafka_dir=settings.kafka_dir,
+        root=settings.stack.dir,
+        kafka_port=settings.stack.kafka_port,
+        s3_port=settings.stack.s3_port,
+        bucket=settings.storage.bucket,
+        broker=settings.stack.broker,
+        kafka_dir=settings.stack.kafka_dir,
     )
 
 
@@ -146,14 +146,14 @@ def stack_up(
     from frontends.stack import StackError, up
 
     settings = get_settings()
-    configure_logging(settings.log_level, "console")
+    configure_logging(settings.runtime.log_level, "console")
     if broker not in (None, "kafka", "tansu"):
         _fail(f"unknown broker {broker!r}; choose kafka or tansu")
     cfg = replace(_stack_config(settings), durable_broker=not memory)
     if broker:
         cfg = replace(cfg, broker=broker)
     try:
-        up(cfg, partitions=settings.topic_partitions)
+        up(cfg, partitions=settings.broker.topic_partitions)
     except StackError as exc:
         _fail(str(exc))
     typer.echo("# the stack is up; point singtome and boto3 at it with:")
@@ -204,7 +204,7 @@ def topics_create() -> None:
     from streams.admin import create_topics
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format)
     created = create_topics(settings)
     typer.echo(json.dumps({"created": created}))
 
@@ -225,22 +225,10 @@ def schemas_export(directory: Path) -> None:
 
 @app.command("settings")
 def settings_table() -> None:
-    """Print every setting (environment variable, default, meaning) as a Markdown table."""
+    """Print every setting (environment variable, default, meaning) as Markdown tables."""
+    from streams.settings import settings_markdown
+
     typer.echo(settings_markdown())
-
-
-def settings_markdown() -> str:
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, Path):
-            default = str(default).replace(str(Path.home()), "~")
-        shown = "(unset)" if default is None else f"`{default}`"
-        alias = field.validation_alias  # e.g. HF_ENDPOINT, read under its usual name too
-        names = [str(c) for c in alias.choices] if alias is not None else []  # type: ignore[union-attr]
-        env = " / ".join(f"`{n}`" for n in names) or f"`SINGTOME_{name.upper()}`"
-        rows.append(f"| {env} | {shown} | {field.description or ''} |")
-    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,7 +325,7 @@ def submit(
         )
         events.append(event)
         typer.echo(
-            f"job {event.job_id} submitted (song s3://{settings.s3_bucket}/{event.keys.song})"
+            f"job {event.job_id} submitted (song s3://{settings.storage.bucket}/{event.keys.song})"
         )
     if not wait:
         return
@@ -560,10 +548,10 @@ def train(
         _option_model(VoiceOptions, locals()),
         pretrained_g=str(pretrained_g) if pretrained_g else None,
         pretrained_d=str(pretrained_d) if pretrained_d else None,
-        model_size=settings.train_model_size,
+        model_size=settings.trainer.model_size,
     )
     _quiet_logs()
-    if voice_kind(settings) == "world":
+    if voice_kind(settings.models) == "world":
         typer.secho(
             "no HuBERT/ContentVec checkpoint (`singtome models pull`, or SINGTOME_HUBERT_PATH): "
             "learning the WORLD fallback voice profile, not an RVC model",
@@ -571,7 +559,17 @@ def train(
             err=True,
         )
     with _bar("training") as progress:
-        trained = _stage_errors(lambda: train_voice(files, out_dir, config, settings, progress))
+        trained = _stage_errors(
+            lambda: train_voice(
+                files,
+                out_dir,
+                config,
+                settings.trainer,
+                progress,
+                models=settings.models,
+                audio=settings.audio,
+            )
+        )
     for line in trained.skipped:
         typer.secho(f"skipped {line}", fg=typer.colors.YELLOW, err=True)
     typer.echo(

@@ -79,7 +79,7 @@ def run_cover(
         voice_index=voice_index,
         options=options,
         job_id=job_id,
-        upload_prefix=settings.upload_prefix,
+        upload_prefix=settings.storage.upload_prefix,
     )
     emitter = LocalEmitter(progress)
     metrics = Metrics()

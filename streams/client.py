@@ -43,7 +43,7 @@ async def publish_async(settings: Settings, events: Iterable[Event]) -> int:
     try:
         for event in events:
             await producer.send_and_wait(
-                physical(event.topic, settings.topic_prefix),
+                physical(event.topic, settings.broker.topic_prefix),
                 encode(event),
                 key=event.job_id.encode(),
             )
@@ -67,7 +67,9 @@ async def publish_raw_async(
     await producer.start()
     try:
         for key, value in messages:
-            await producer.send_and_wait(physical(topic, settings.topic_prefix), value, key=key)
+            await producer.send_and_wait(
+                physical(topic, settings.broker.topic_prefix), value, key=key
+            )
     finally:
         await producer.stop()
 
@@ -128,7 +130,7 @@ def upload_job(
 
 def submit_job(settings: Settings, store: ObjectStore, song: Path, **upload: Any) -> SongUploaded:
     """:func:`upload_job`, then publish its ``song.uploaded``."""
-    upload.setdefault("upload_prefix", settings.upload_prefix)
+    upload.setdefault("upload_prefix", settings.storage.upload_prefix)
     event = upload_job(store, song, **upload)
     publish(settings, event)
     return event
@@ -233,7 +235,7 @@ async def replay_async(
     if to_group and job_id:
         raise ValueError("--job-id filters a re-publish; it cannot be combined with --to-group")
     common = kafka_client_kwargs(settings)
-    broker_topic = physical(topic, settings.topic_prefix)
+    broker_topic = physical(topic, settings.broker.topic_prefix)
     consumer = AIOKafkaConsumer(
         **common, group_id=to_group, enable_auto_commit=False, auto_offset_reset="earliest"
     )

@@ -60,12 +60,12 @@ class FetchConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchConfig:
         return cls(
-            model_dir=settings.model_dir,
-            mirror=settings.model_mirror,
-            hf_endpoint=settings.hf_endpoint,
-            connect_timeout_s=settings.model_connect_timeout_s,
-            read_timeout_s=settings.model_read_timeout_s,
-            retries=settings.model_retries,
+            model_dir=settings.models.dir,
+            mirror=settings.models.mirror,
+            hf_endpoint=settings.models.hf_endpoint,
+            connect_timeout_s=settings.models.connect_timeout_s,
+            read_timeout_s=settings.models.read_timeout_s,
+            retries=settings.models.retries,
         )
 
 

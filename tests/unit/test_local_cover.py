@@ -33,7 +33,9 @@ def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noq
     stages: list[str] = []
     ready, track = run_cover(
         song,
-        settings=Settings(hubert_path=tiny_hubert, train_model_size="tiny", device="cpu"),
+        settings=Settings(
+            models={"hubert_path": tiny_hubert, "device": "cpu"}, trainer={"model_size": "tiny"}
+        ),
         store_dir=tmp_path / "store",
         voice_dir=voice,
         options=options,
@@ -70,7 +72,7 @@ def test_a_bad_song_is_answered_as_a_worker_answers_it(tmp_path: Path) -> None:
     with pytest.raises(StageError) as caught:
         run_cover(
             song,
-            settings=Settings(hubert_path=None),
+            settings=Settings(models={"hubert_path": None}),
             store_dir=tmp_path / "store",
             voice_dir=voice,
             job_id="bad-song",

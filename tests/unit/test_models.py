@@ -509,25 +509,27 @@ def test_settings_default_to_the_pulled_files(
     models = tmp_path / "models"
     for name in ("SINGTOME_HUBERT_PATH", "SINGTOME_RMVPE_PATH", "SINGTOME_PRETRAINED_DIR"):
         monkeypatch.delenv(name, raising=False)
-    bare = Settings(model_dir=models)
+    bare = Settings(models={"dir": models}).models
     assert bare.hubert_path is None and bare.rmvpe_path is None and bare.pretrained_dir is None
     assert voice_kind(bare) == "world"
     # a half download sits aside and is never taken for the model
     part = models / PARTIAL_DIR / "rvc" / "hubert_base.pt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"half")
-    assert Settings(model_dir=models).hubert_path is None
+    assert Settings(models={"dir": models}).models.hubert_path is None
     (models / "rvc" / "pretrained_v2").mkdir(parents=True)
     (models / "rvc" / "contentvec").mkdir()
     (models / "rvc" / "contentvec" / "pytorch_model.bin").write_bytes(b"cv")
-    assert Settings(model_dir=models).hubert_path == models / "rvc/contentvec/pytorch_model.bin"
+    encoder = Settings(models={"dir": models}).models.hubert_path
+    assert encoder == models / "rvc/contentvec/pytorch_model.bin"
     for name in ("hubert_base.pt", "rmvpe.pt", "pretrained_v2/f0G40k.pth"):
         (models / "rvc" / name).write_bytes(b"x")
-    found = Settings(model_dir=models)
+    found = Settings(models={"dir": models}).models
     assert found.hubert_path == models / "rvc" / "hubert_base.pt"  # RVC's own encoder first
     assert found.rmvpe_path == models / "rvc" / "rmvpe.pt"
     assert found.pretrained_dir == models / "rvc" / "pretrained_v2"
     assert voice_kind(found) == "rvc"
     monkeypatch.setenv("SINGTOME_HUBERT_PATH", str(tmp_path / "mine.pt"))
-    assert Settings(model_dir=models).hubert_path == tmp_path / "mine.pt"  # a variable wins
+    chosen = Settings(models={"dir": models}).models.hubert_path
+    assert chosen == tmp_path / "mine.pt"  # a variable wins
     assert os.environ["SINGTOME_MODEL_MIRROR"].startswith("http://127.0.0.1")
