@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,9 @@ from frontends.cli_models import doctor, models_app
 from schemas.events import ConversionOptions, OutputOptions, TrackReady, VoiceOptions
 from schemas.vocabulary import F0Method, OutputFormat, SampleRate
 from streams.settings import CACHE_HOME, Settings, get_settings
+
+if TYPE_CHECKING:
+    from streams.client import VoiceSource
 
 app = typer.Typer(
     help="singtome: song covers in your own voice (Kafka stages + S3).",
@@ -297,11 +300,12 @@ def submit(
 ) -> None:
     """Upload each song and the voice, publish song.uploaded; with --wait, follow every job."""
     from frontends.batch import expand_songs
-    from streams.client import submit_job
+    from streams.client import VoiceSource, submit_job
     from streams.store import S3Store
 
     if (voice is None) == (model is None):
         _fail("give exactly one of --voice DIR (a dataset) or --model FILE.pth")
+    source = VoiceSource(dataset=voice, model=model, index=index)
     songs = expand_songs(songs)
     if not songs:
         _fail("no songs: the folder(s) hold no audio files")
@@ -314,15 +318,7 @@ def submit(
     for song in songs:
         # Each job carries its own copy of the voice (jobs may only name their own uploads);
         # the trainer hashes the dataset, so the voice is trained once and reused by the others.
-        event = submit_job(
-            settings,
-            store,
-            song,
-            voice_dir=voice,
-            voice_model=model,
-            voice_index=index,
-            options=options,
-        )
+        event = submit_job(settings, store, song, voice=source, options=options)
         events.append(event)
         typer.echo(
             f"job {event.job_id} submitted (song s3://{settings.storage.bucket}/{event.keys.song})"
@@ -668,6 +664,7 @@ def cover(
 
     from frontends.batch import expand_songs
     from frontends.local import run_cover
+    from streams.client import VoiceSource
 
     settings = get_settings()
     options = _options(
@@ -675,8 +672,7 @@ def cover(
     )
     options.separator.karaoke_model = karaoke_model
     options.conversion.backing = convert_backing
-    voice_dir = voice if voice.is_dir() else None
-    model = voice if voice.is_file() else None
+    source = VoiceSource.from_path(voice, index)
     _quiet_logs()
     batch = (
         len(songs) > 1
@@ -684,9 +680,7 @@ def cover(
         or (out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()))
     )
     if batch:
-        _cover_batch(
-            expand_songs(songs), settings, store, voice_dir, model, index, options, out, report
-        )
+        _cover_batch(expand_songs(songs), settings, store, source, options, out, report)
         return
     song = songs[0]
     with _bars(STAGE_NAMES) as progress:
@@ -695,9 +689,7 @@ def cover(
                 song,
                 settings=settings,
                 store_dir=store,
-                voice_dir=voice_dir,
-                voice_model=model,
-                voice_index=index,
+                voice=source,
                 options=options,
                 progress=progress,
             )
@@ -722,9 +714,7 @@ def _cover_batch(
     songs: list[Path],
     settings: Settings,
     store: Path,
-    voice_dir: Path | None,
-    model: Path | None,
-    index: Path | None,
+    voice: VoiceSource,
     options: Any,
     out: str | None,
     report: Path | None,
@@ -746,9 +736,7 @@ def _cover_batch(
             songs,
             settings=settings,
             store_dir=store,
-            voice_dir=voice_dir,
-            voice_model=model,
-            voice_index=index,
+            voice=voice,
             options=options,
             out_dir=Path(out) if out else None,
             progress=progress,

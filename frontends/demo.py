@@ -184,7 +184,7 @@ def run_demo(
 ) -> TrackReady | TrackFailed:
     """Run the demo; returns the job's last event. ``follow(store, job_id, timeout)`` shows it."""
     from foundation.device import resolve_device
-    from streams.client import submit_job
+    from streams.client import VoiceSource, submit_job
     from streams.store import S3Store
 
     if pull:
@@ -221,7 +221,9 @@ def run_demo(
             options.output.format = "mp3"
             if epochs is not None:
                 options.voice.epochs = epochs
-            event = submit_job(settings, store, song, voice_dir=voice, options=options)
+            event = submit_job(
+                settings, store, song, voice=VoiceSource(dataset=voice), options=options
+            )
             say(f"job {event.job_id} submitted")
             result = follow(store, event.job_id, timeout_s)
             if isinstance(result, TrackReady):

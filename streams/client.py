@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from schemas.events import (
     ID_PATTERN,
     Event,
@@ -78,6 +80,33 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+class VoiceSource(BaseModel):
+    """A job's voice as local files: a folder of recordings to train on (``dataset``), or a ready
+    model (``model``: an RVC ``.pth``, with its ``index`` if any, or a WORLD ``profile.npz``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: Path | None = None
+    model: Path | None = None
+    index: Path | None = None  # the model's; not uploaded without a model
+
+    @model_validator(mode="after")
+    def _one_voice(self) -> VoiceSource:
+        if self.dataset is not None and self.model is not None:
+            raise ValueError("a voice is a dataset folder or a model file, not both")
+        return self
+
+    @classmethod
+    def from_path(cls, voice: Path, index: Path | None = None) -> VoiceSource:
+        """The voice one path names (``singtome cover --voice``): a folder is a dataset, a file
+        a model."""
+        return cls(
+            dataset=voice if voice.is_dir() else None,
+            model=voice if voice.is_file() else None,
+            index=index,
+        )
+
+
 def upload_voice_dataset(
     store: ObjectStore, job_id: str, folder: Path, upload_prefix: str = keylayout.UPLOAD_PREFIX
 ) -> str:
@@ -97,9 +126,7 @@ def upload_job(
     store: ObjectStore,
     song: Path,
     *,
-    voice_dir: Path | None = None,
-    voice_model: Path | None = None,
-    voice_index: Path | None = None,
+    voice: VoiceSource | None = None,
     options: JobOptions | None = None,
     job_id: str | None = None,
     upload_prefix: str = keylayout.UPLOAD_PREFIX,
@@ -107,24 +134,27 @@ def upload_job(
     """Upload the song and the voice (dataset folder or .pth/.index) under the job's upload
     prefix (``SINGTOME_UPLOAD_PREFIX``, the only place the key policy lets the job read its
     uploads from); returns the job's first event."""
+    voice = voice or VoiceSource()
     job_id = job_id or new_job_id()
     if not is_valid_id(job_id):  # checked before its name becomes part of any key
         raise ValueError(f"job id {job_id!r} does not match {ID_PATTERN}")
     options = (options or JobOptions()).model_copy(deep=True)
     song_key = keylayout.upload_key(job_id, song.name, upload_prefix)
     store.put_file(song_key, song)
-    if voice_dir is not None:
-        options.voice.dataset_key = upload_voice_dataset(store, job_id, voice_dir, upload_prefix)
-    if voice_model is not None:
-        options.voice.model_key = keylayout.upload_model_key(
-            job_id, voice_model.name, upload_prefix
+    if voice.dataset is not None:
+        options.voice.dataset_key = upload_voice_dataset(
+            store, job_id, voice.dataset, upload_prefix
         )
-        store.put_file(options.voice.model_key, voice_model)
-        if voice_index is not None:
+    if voice.model is not None:
+        options.voice.model_key = keylayout.upload_model_key(
+            job_id, voice.model.name, upload_prefix
+        )
+        store.put_file(options.voice.model_key, voice.model)
+        if voice.index is not None:
             options.voice.index_key = keylayout.upload_model_key(
-                job_id, voice_index.name, upload_prefix
+                job_id, voice.index.name, upload_prefix
             )
-            store.put_file(options.voice.index_key, voice_index)
+            store.put_file(options.voice.index_key, voice.index)
     return SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
 
 
