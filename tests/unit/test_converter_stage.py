@@ -12,7 +12,12 @@ import soundfile as sf
 from agents.converter.agent import handle
 from agents.converter.cli import convert_command
 from agents.converter.models import ModelCache
-from agents.converter.stage import convert_vocals, find_voice_files, pitch_method
+from agents.converter.stage import (
+    ConversionResult,
+    convert_vocals,
+    find_voice_files,
+    pitch_method,
+)
 from agents.trainer.profile import learn_profile
 from foundation.errors import StageError
 from frontends.demo_audio import speech_voice, sung_vocal, write
@@ -93,30 +98,26 @@ def test_rvc_model_converts_through_the_stage(
     settings = settings_for(tmp_path, hubert_path=voices["hubert"])
     cache = ModelCache(64 * 2**20)
     params = ConversionOptions(f0_method="pm", f0_up_key=2)
-    result = convert_vocals(
-        vocals,
-        [voices["v2"]],
-        params,
-        settings.converter,
-        out_path=tmp_path / "rvc.flac",
-        cache=cache,
-        **groups(settings),
-    )
+
+    def convert(name: str) -> ConversionResult:
+        return convert_vocals(
+            vocals,
+            [voices["v2"]],
+            params,
+            settings.converter,
+            out_path=tmp_path / name,
+            cache=cache,
+            **groups(settings),
+        )
+
+    result = convert("rvc.flac")
     assert result.backend == "rvc"
     audio, sr = sf.read(str(result.path))
     assert sr == SR and len(audio) == sf.info(str(vocals)).frames
     assert np.std(audio) > 0
     # Models stay loaded: a second conversion loads nothing.
     loaded = cache.misses
-    convert_vocals(
-        vocals,
-        [voices["v2"]],
-        params,
-        settings.converter,
-        out_path=tmp_path / "again.flac",
-        cache=cache,
-        **groups(settings),
-    )
+    convert("again.flac")
     assert cache.misses == loaded and cache.hits >= 2
 
 

@@ -458,6 +458,17 @@ def test_builtin_manifest_covers_the_rvc_files_with_publisher_checksums() -> Non
             assert entry.relative_path == f"rvc/pretrained_v2/f0{net}{rate}.pth"
 
 
+def test_an_entry_names_its_setting_by_path_and_a_bare_field_still_works() -> None:
+    from streams.settings import PULLED_DEFAULTS
+
+    builtin = {e.setting for e in load_manifest(None, separation=False) if e.setting}
+    assert builtin == set(PULLED_DEFAULTS)
+    common = {"kind": "other", "url": "https://example.org/x.pt", "licence": "test"}
+    for written in ("hubert_path", "models.hubert_path"):
+        entry = ModelEntry(name="x.pt", setting=written, **common)  # type: ignore[arg-type]
+        assert entry.setting == "models.hubert_path"
+
+
 def test_separation_models_come_from_audio_separators_own_lists() -> None:
     import importlib.util
 
