@@ -123,11 +123,11 @@ def run_covers(
             if ready.keys.voice_model:
                 root = Path(store_dir)
                 voice_index_key = ready.keys.voice_index
-                model = VoiceSource(
+                trained_model = VoiceSource(
                     model=root / ready.keys.voice_model,
                     index=root / voice_index_key if voice_index_key else None,
                 )
-                trained = (model, index)
+                trained = (trained_model, index)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             target = out_dir / cover_name(outcome.song, ready.format, taken)

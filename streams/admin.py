@@ -15,20 +15,21 @@ log = get_logger(__name__)
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """Connection options shared by every aiokafka client we create (admin, producer, consumer)."""
+    broker = settings.broker
     kwargs: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers(settings),
-        "security_protocol": settings.broker.security_protocol,
+        "security_protocol": broker.security_protocol,
     }
-    if settings.broker.security_protocol.startswith("SASL"):
+    if broker.security_protocol.startswith("SASL"):
         kwargs.update(
-            sasl_mechanism=settings.broker.sasl_mechanism,
-            sasl_plain_username=settings.broker.sasl_username,
-            sasl_plain_password=settings.broker.sasl_password,
+            sasl_mechanism=broker.sasl_mechanism,
+            sasl_plain_username=broker.sasl_username,
+            sasl_plain_password=broker.sasl_password,
         )
-    if "SSL" in settings.broker.security_protocol:
+    if "SSL" in broker.security_protocol:
         from aiokafka.helpers import create_ssl_context
 
-        kwargs["ssl_context"] = create_ssl_context(cafile=settings.broker.ssl_cafile)
+        kwargs["ssl_context"] = create_ssl_context(cafile=broker.ssl_cafile)
     return kwargs
 
 

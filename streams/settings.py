@@ -472,6 +472,9 @@ class FlatEnvSource(EnvSettingsSource):
 
 
 class Settings(BaseSettings):
+    """Every setting, one group per concern, from the environment (:func:`get_settings` reads it
+    once per process)."""
+
     model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore")
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)

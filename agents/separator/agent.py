@@ -64,15 +64,14 @@ def handle(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
     output = stems_output(song, params, ctx)
 
     def compute() -> Produced:
-        settings = ctx.settings
         result = separate(
             song,
             ctx.workdir / "stems",
             params,
-            settings.separator,
+            ctx.settings.separator,
             ctx.progress,
-            models=settings.models,
-            audio=settings.audio,
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
         )
         log.info("stems separated", model=result.model, duration_s=result.duration_s)
         info = {

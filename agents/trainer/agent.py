@@ -147,15 +147,14 @@ def _from_dataset(event: VocalsSeparated, ctx: StageContext) -> VoiceTrained:
     output = voice_output(files, config, ctx)
 
     def compute() -> Produced:
-        settings = ctx.settings
         trained = train_voice(
             files,
             ctx.workdir / "voice",
             config,
-            settings.trainer,
+            ctx.settings.trainer,
             ctx.progress,
-            models=settings.models,
-            audio=settings.audio,
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
         )
         if trained.skipped:
             trained.metrics["skipped_files"] = float(len(trained.skipped))

@@ -59,13 +59,14 @@ class FetchConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchConfig:
+        models = settings.models
         return cls(
-            model_dir=settings.models.dir,
-            mirror=settings.models.mirror,
-            hf_endpoint=settings.models.hf_endpoint,
-            connect_timeout_s=settings.models.connect_timeout_s,
-            read_timeout_s=settings.models.read_timeout_s,
-            retries=settings.models.retries,
+            model_dir=models.dir,
+            mirror=models.mirror,
+            hf_endpoint=models.hf_endpoint,
+            connect_timeout_s=models.connect_timeout_s,
+            read_timeout_s=models.read_timeout_s,
+            retries=models.retries,
         )
 
 
