@@ -126,14 +126,14 @@ def run_rvc(pair: Any, args: argparse.Namespace, source_path: Path, embedding: A
     from streams.settings import get_settings
 
     settings = get_settings()
-    if settings.hubert_path is None:
+    if settings.models.hubert_path is None:
         return {"skipped": "no content encoder configured (SINGTOME_HUBERT_PATH)"}
     write(source_path, pair.source, SR)
     files = [Path(args.rvc_model)] + ([Path(args.rvc_index)] if args.rvc_index else [])
     key = -12 * pair.octaves
     result = convert_vocals(
-        source_path, files, ConversionOptions(f0_up_key=key), settings,
-        out_path=source_path.with_name("rvc.flac"),
+        source_path, files, ConversionOptions(f0_up_key=key), settings.converter,
+        out_path=source_path.with_name("rvc.flac"), models=settings.models, audio=settings.audio,
     )  # fmt: skip
     import soundfile as sf
 

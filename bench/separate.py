@@ -56,14 +56,21 @@ def run_case(song: Path, model: str, chunk_s: float, overlap_s: float) -> dict[s
     from streams.settings import Settings
 
     configure_logging("WARNING")
-    settings = Settings(separator_chunk_s=chunk_s, separator_overlap_s=overlap_s)
+    settings = Settings(separator={"chunk_s": chunk_s, "overlap_s": overlap_s})
     start = time.perf_counter()
-    load_backend(model, settings.model_dir)  # a worker loads once; time it apart from the song
+    load_backend(model, settings.models.dir)  # a worker loads once; time it apart from the song
     load_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
         cpu_start = _cpu_seconds()
         start = time.perf_counter()
-        result = separate(song, out, SeparationParams(model), settings)
+        result = separate(
+            song,
+            out,
+            SeparationParams(model),
+            settings.separator,
+            models=settings.models,
+            audio=settings.audio,
+        )
         wall = time.perf_counter() - start
         # CPU seconds (all threads) are less distorted than wall time on a shared machine.
         cpu = _cpu_seconds() - cpu_start

@@ -18,7 +18,7 @@ from pathlib import Path
 from foundation.errors import StageError
 from frontends.local import run_cover
 from schemas.events import JobOptions, TrackFailed, TrackReady
-from streams.client import AUDIO_SUFFIXES
+from streams.client import AUDIO_SUFFIXES, VoiceSource
 from streams.settings import Settings
 from streams.store import ObjectStore
 
@@ -69,16 +69,14 @@ def run_covers(
     *,
     settings: Settings,
     store_dir: Path,
-    voice_dir: Path | None = None,
-    voice_model: Path | None = None,
-    voice_index: Path | None = None,
+    voice: VoiceSource,
     options: JobOptions | None = None,
     out_dir: Path | None = None,
     progress: SongProgress | None = None,
 ) -> list[CoverOutcome]:
     options = options or JobOptions()
     outcomes = [CoverOutcome(song) for song in songs]
-    trained: tuple[Path, Path | None, int] | None = None  # model, index, from which song
+    trained: tuple[VoiceSource, int] | None = None  # the trained model, from which song
     taken: set[str] = set()
     for index, outcome in enumerate(outcomes):
         stage_now = {"name": ""}
@@ -95,22 +93,19 @@ def run_covers(
                 progress(index, stage, fraction, message)
 
         started = time.monotonic()
-        model, model_index = (trained[0], trained[1]) if trained else (voice_model, voice_index)
         try:
             ready, track = run_cover(
                 outcome.song,
                 settings=settings,
                 store_dir=store_dir,
-                voice_dir=None if trained else voice_dir,
-                voice_model=model,
-                voice_index=model_index,
+                voice=trained[0] if trained else voice,
                 options=options,
                 progress=report,
             )
         except StageError as exc:
             outcome.error = f"{exc.code}: {exc.message}"
             outcome.seconds = time.monotonic() - started
-            if stage_now["name"] == "trainer" and trained is None and voice_dir is not None:
+            if stage_now["name"] == "trainer" and trained is None and voice.dataset is not None:
                 for later in outcomes[index + 1 :]:
                     later.error = f"skipped: the voice could not be trained ({exc.code})"
                 break
@@ -119,8 +114,8 @@ def run_covers(
         outcome.ready = ready
         history = {r.stage: r for r in ready.history}
         if trained is not None:
-            outcome.voice = f"from song {trained[2] + 1}"
-        elif voice_dir is None:
+            outcome.voice = f"from song {trained[1] + 1}"
+        elif voice.dataset is None:
             outcome.voice = "given"
         else:
             hit = history.get("trainer")
@@ -128,11 +123,11 @@ def run_covers(
             if ready.keys.voice_model:
                 root = Path(store_dir)
                 voice_index_key = ready.keys.voice_index
-                trained = (
-                    root / ready.keys.voice_model,
-                    root / voice_index_key if voice_index_key else None,
-                    index,
+                trained_model = VoiceSource(
+                    model=root / ready.keys.voice_model,
+                    index=root / voice_index_key if voice_index_key else None,
                 )
+                trained = (trained_model, index)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             target = out_dir / cover_name(outcome.song, ready.format, taken)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,9 @@ from frontends.cli_models import doctor, models_app
 from schemas.events import ConversionOptions, OutputOptions, TrackReady, VoiceOptions
 from schemas.vocabulary import F0Method, OutputFormat, SampleRate
 from streams.settings import CACHE_HOME, Settings, get_settings
+
+if TYPE_CHECKING:
+    from streams.client import VoiceSource
 
 app = typer.Typer(
     help="singtome: song covers in your own voice (Kafka stages + S3).",
@@ -56,12 +59,12 @@ def _stack_config(settings: Settings) -> Any:
     from frontends.stack import StackConfig
 
     return StackConfig(
-        root=settings.stack_dir,
-        kafka_port=settings.kafka_port,
-        s3_port=settings.s3_port,
-        bucket=settings.s3_bucket,
-        broker=settings.stack_broker,
-        kafka_dir=settings.kafka_dir,
+        root=settings.stack.dir,
+        kafka_port=settings.stack.kafka_port,
+        s3_port=settings.stack.s3_port,
+        bucket=settings.storage.bucket,
+        broker=settings.stack.broker,
+        kafka_dir=settings.stack.kafka_dir,
     )
 
 
@@ -146,14 +149,14 @@ def stack_up(
     from frontends.stack import StackError, up
 
     settings = get_settings()
-    configure_logging(settings.log_level, "console")
+    configure_logging(settings.runtime.log_level, "console")
     if broker not in (None, "kafka", "tansu"):
         _fail(f"unknown broker {broker!r}; choose kafka or tansu")
     cfg = replace(_stack_config(settings), durable_broker=not memory)
     if broker:
         cfg = replace(cfg, broker=broker)
     try:
-        up(cfg, partitions=settings.topic_partitions)
+        up(cfg, partitions=settings.broker.topic_partitions)
     except StackError as exc:
         _fail(str(exc))
     typer.echo("# the stack is up; point singtome and boto3 at it with:")
@@ -204,7 +207,7 @@ def topics_create() -> None:
     from streams.admin import create_topics
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format)
     created = create_topics(settings)
     typer.echo(json.dumps({"created": created}))
 
@@ -225,22 +228,10 @@ def schemas_export(directory: Path) -> None:
 
 @app.command("settings")
 def settings_table() -> None:
-    """Print every setting (environment variable, default, meaning) as a Markdown table."""
+    """Print every setting (environment variable, default, meaning) as Markdown tables."""
+    from streams.settings import settings_markdown
+
     typer.echo(settings_markdown())
-
-
-def settings_markdown() -> str:
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, Path):
-            default = str(default).replace(str(Path.home()), "~")
-        shown = "(unset)" if default is None else f"`{default}`"
-        alias = field.validation_alias  # e.g. HF_ENDPOINT, read under its usual name too
-        names = [str(c) for c in alias.choices] if alias is not None else []  # type: ignore[union-attr]
-        env = " / ".join(f"`{n}`" for n in names) or f"`SINGTOME_{name.upper()}`"
-        rows.append(f"| {env} | {shown} | {field.description or ''} |")
-    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,11 +300,12 @@ def submit(
 ) -> None:
     """Upload each song and the voice, publish song.uploaded; with --wait, follow every job."""
     from frontends.batch import expand_songs
-    from streams.client import submit_job
+    from streams.client import VoiceSource, submit_job
     from streams.store import S3Store
 
     if (voice is None) == (model is None):
         _fail("give exactly one of --voice DIR (a dataset) or --model FILE.pth")
+    source = VoiceSource(dataset=voice, model=model, index=index)
     songs = expand_songs(songs)
     if not songs:
         _fail("no songs: the folder(s) hold no audio files")
@@ -326,18 +318,10 @@ def submit(
     for song in songs:
         # Each job carries its own copy of the voice (jobs may only name their own uploads);
         # the trainer hashes the dataset, so the voice is trained once and reused by the others.
-        event = submit_job(
-            settings,
-            store,
-            song,
-            voice_dir=voice,
-            voice_model=model,
-            voice_index=index,
-            options=options,
-        )
+        event = submit_job(settings, store, song, voice=source, options=options)
         events.append(event)
         typer.echo(
-            f"job {event.job_id} submitted (song s3://{settings.s3_bucket}/{event.keys.song})"
+            f"job {event.job_id} submitted (song s3://{settings.storage.bucket}/{event.keys.song})"
         )
     if not wait:
         return
@@ -560,10 +544,10 @@ def train(
         _option_model(VoiceOptions, locals()),
         pretrained_g=str(pretrained_g) if pretrained_g else None,
         pretrained_d=str(pretrained_d) if pretrained_d else None,
-        model_size=settings.train_model_size,
+        model_size=settings.trainer.model_size,
     )
     _quiet_logs()
-    if voice_kind(settings) == "world":
+    if voice_kind(settings.models) == "world":
         typer.secho(
             "no HuBERT/ContentVec checkpoint (`singtome models pull`, or SINGTOME_HUBERT_PATH): "
             "learning the WORLD fallback voice profile, not an RVC model",
@@ -571,7 +555,17 @@ def train(
             err=True,
         )
     with _bar("training") as progress:
-        trained = _stage_errors(lambda: train_voice(files, out_dir, config, settings, progress))
+        trained = _stage_errors(
+            lambda: train_voice(
+                files,
+                out_dir,
+                config,
+                settings.trainer,
+                progress,
+                models=settings.models,
+                audio=settings.audio,
+            )
+        )
     for line in trained.skipped:
         typer.secho(f"skipped {line}", fg=typer.colors.YELLOW, err=True)
     typer.echo(
@@ -670,6 +664,7 @@ def cover(
 
     from frontends.batch import expand_songs
     from frontends.local import run_cover
+    from streams.client import VoiceSource
 
     settings = get_settings()
     options = _options(
@@ -677,8 +672,7 @@ def cover(
     )
     options.separator.karaoke_model = karaoke_model
     options.conversion.backing = convert_backing
-    voice_dir = voice if voice.is_dir() else None
-    model = voice if voice.is_file() else None
+    source = VoiceSource.from_path(voice, index)
     _quiet_logs()
     batch = (
         len(songs) > 1
@@ -686,9 +680,7 @@ def cover(
         or (out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()))
     )
     if batch:
-        _cover_batch(
-            expand_songs(songs), settings, store, voice_dir, model, index, options, out, report
-        )
+        _cover_batch(expand_songs(songs), settings, store, source, options, out, report)
         return
     song = songs[0]
     with _bars(STAGE_NAMES) as progress:
@@ -697,9 +689,7 @@ def cover(
                 song,
                 settings=settings,
                 store_dir=store,
-                voice_dir=voice_dir,
-                voice_model=model,
-                voice_index=index,
+                voice=source,
                 options=options,
                 progress=progress,
             )
@@ -724,9 +714,7 @@ def _cover_batch(
     songs: list[Path],
     settings: Settings,
     store: Path,
-    voice_dir: Path | None,
-    model: Path | None,
-    index: Path | None,
+    voice: VoiceSource,
     options: Any,
     out: str | None,
     report: Path | None,
@@ -748,9 +736,7 @@ def _cover_batch(
             songs,
             settings=settings,
             store_dir=store,
-            voice_dir=voice_dir,
-            voice_model=model,
-            voice_index=index,
+            voice=voice,
             options=options,
             out_dir=Path(out) if out else None,
             progress=progress,

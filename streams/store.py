@@ -106,19 +106,19 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        self.bucket = bucket or settings.s3_bucket
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or settings.s3_endpoint_url
+        self.bucket = bucket or settings.storage.bucket
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or settings.storage.endpoint_url
         config = Config(
-            retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+            retries={"max_attempts": settings.storage.max_attempts, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
             s3={"addressing_style": "path"},
             signature_version="s3v4",
         )
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name=settings.s3_region, config=config
+            "s3", endpoint_url=endpoint, region_name=settings.storage.region, config=config
         )
-        threshold = settings.s3_multipart_threshold_mb * 1024 * 1024
+        threshold = settings.storage.multipart_threshold_mb * 1024 * 1024
         self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold)
 
     # boto3 raises several exception families; one translation keeps callers simple.

@@ -54,7 +54,8 @@ EXIT_STUCK = 70
 
 
 def group_id(stage: str, settings: Settings, group: str | None = None) -> str:
-    return group or f"{settings.topic_prefix}singtome-{stage}-v{settings.group_version}"
+    broker = settings.broker
+    return group or f"{broker.topic_prefix}singtome-{stage}-v{broker.group_version}"
 
 
 class FaustEmitter:
@@ -68,7 +69,7 @@ class FaustEmitter:
     def _topic(self, name: str) -> Any:
         if name not in self._topics:
             self._topics[name] = self.app.topic(
-                physical(name, self.settings.topic_prefix),
+                physical(name, self.settings.broker.topic_prefix),
                 key_serializer="raw",
                 value_serializer="raw",
             )
@@ -87,7 +88,7 @@ class FaustEmitter:
             RecordTooLargeError,
         )
 
-        delay = self.settings.retry_backoff_s
+        delay = self.settings.runtime.retry_backoff_s
         attempt = 0
         while True:
             attempt += 1
@@ -95,7 +96,8 @@ class FaustEmitter:
                 # aiokafka gives up on metadata and expires a batch after the request timeout
                 # (SINGTOME_SEND_TIMEOUT_S); the outer bound holds whatever else might wait
                 await asyncio.wait_for(
-                    self._send_once(topic, key, value, headers), self.settings.send_timeout_s + 5
+                    self._send_once(topic, key, value, headers),
+                    self.settings.broker.send_timeout_s + 5,
                 )
                 return
             except (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError) as e:
@@ -104,7 +106,7 @@ class FaustEmitter:
                 raise
             except Exception as exc:
                 permanent = isinstance(exc, KafkaError) and not _retriable(exc)
-                if permanent or attempt > self.settings.send_retries:
+                if permanent or attempt > self.settings.broker.send_retries:
                     raise SendError(
                         topic, f"{type(exc).__name__}: {exc}", permanent=permanent
                     ) from exc
@@ -116,7 +118,7 @@ class FaustEmitter:
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_backoff_max_s)
+                delay = min(delay * 2, self.settings.runtime.retry_backoff_max_s)
 
     async def _send_once(
         self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None
@@ -164,10 +166,11 @@ class WorkerState:
 def job_budget_s(settings: Settings) -> float:
     """The longest a healthy worker holds one message: every stage attempt to its timeout with
     backoff between, and three sends (DLQ copy, state, answer) through every retry."""
-    attempts = settings.transient_retries + 1
-    stage = attempts * (settings.stage_timeout_s + settings.retry_backoff_max_s)
-    per_send = settings.send_timeout_s + 5 + settings.retry_backoff_max_s
-    send = (settings.send_retries + 1) * per_send
+    runtime, broker = settings.runtime, settings.broker
+    attempts = runtime.transient_retries + 1
+    stage = attempts * (runtime.stage_timeout_s + runtime.retry_backoff_max_s)
+    per_send = broker.send_timeout_s + 5 + runtime.retry_backoff_max_s
+    send = (broker.send_retries + 1) * per_send
     return stage + 3 * send + 60
 
 
@@ -175,6 +178,7 @@ def health_report(
     state: WorkerState, settings: Settings, now: float, rebalancing: bool = False
 ) -> tuple[bool, list[str]]:
     """(ready, problems): ready only when nothing in the list is wrong."""
+    runtime = settings.runtime
     problems: list[str] = []
     if state.draining:
         problems.append("draining")
@@ -184,7 +188,7 @@ def health_report(
     if state.stuck_since is not None:
         problems.append(
             f"a stage call has run {now - state.stuck_since:.0f} s past its timeout and is still "
-            f"running; the worker exits after SINGTOME_STUCK_GRACE_S={settings.stuck_grace_s:g}"
+            f"running; the worker exits after SINGTOME_STUCK_GRACE_S={runtime.stuck_grace_s:g}"
         )
     if rebalancing or not state.assigned:
         problems.append("no partition assignment: joining the group or rebalancing")
@@ -192,13 +196,13 @@ def health_report(
         problems.append(f"the broker could not be asked for the topics: {state.topic_error}")
     elif state.missing_topics:
         problems.append(f"topics missing on the broker: {', '.join(state.missing_topics)}")
-    if state.topics_checked_at is None or now - state.topics_checked_at > settings.health_stale_s:
+    if state.topics_checked_at is None or now - state.topics_checked_at > runtime.health_stale_s:
         problems.append("the topics have not been confirmed recently")
     if state.job_started is not None:
         held = now - state.job_started
         if held > job_budget_s(settings):
             problems.append(f"wedged: one message in hand for {held:.0f} s")
-    elif state.last_fetch is None or now - state.last_fetch > settings.health_stale_s:
+    elif state.last_fetch is None or now - state.last_fetch > runtime.health_stale_s:
         problems.append("the consumer's fetch loop has stalled")
     if state.unanswered:
         problems.append(
@@ -303,23 +307,22 @@ def create_app(
     """The Faust app of one stage. ``handler`` comes from the caller (the CLI takes it from the
     stage registry, ``agents/registry.py``): the runtime knows no stage's code."""
     stage = STAGES[stage_name]
-    port = settings.health_port or free_port()
+    broker, runtime = settings.broker, settings.runtime
+    port = runtime.health_port or free_port()
     credentials = None
-    if settings.broker_security_protocol.startswith("SASL"):
+    if broker.security_protocol.startswith("SASL"):
         credentials = faust.SASLCredentials(
-            username=settings.broker_sasl_username,
-            password=settings.broker_sasl_password,
-            mechanism=settings.broker_sasl_mechanism,
+            username=broker.sasl_username,
+            password=broker.sasl_password,
+            mechanism=broker.sasl_mechanism,
         )
-    elif settings.broker_security_protocol == "SSL":
+    elif broker.security_protocol == "SSL":
         import ssl
 
-        credentials = faust.SSLCredentials(
-            ssl.create_default_context(cafile=settings.broker_ssl_cafile)
-        )
+        credentials = faust.SSLCredentials(ssl.create_default_context(cafile=broker.ssl_cafile))
     app = faust.App(
         group_id(stage_name, settings, group),
-        broker=settings.broker_url,
+        broker=broker.url,
         broker_credentials=credentials,
         key_serializer="raw",
         value_serializer="raw",
@@ -327,26 +330,26 @@ def create_app(
         datadir=str(_faust_datadir() / "{conf.name}-data"),
         # Job state lives in S3, not in Faust tables; no leader topic is needed either.
         topic_disable_leader=True,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
+        topic_partitions=broker.topic_partitions,
+        topic_replication_factor=broker.topic_replication,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         broker_commit_every=1,
         broker_commit_interval=1.0,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_max_poll_interval=settings.max_poll_interval_s,
+        broker_session_timeout=broker.session_timeout_s,
+        broker_heartbeat_interval=broker.heartbeat_interval_s,
+        broker_rebalance_timeout=broker.rebalance_timeout_s,
+        broker_max_poll_interval=broker.max_poll_interval_s,
         broker_max_poll_records=1,
-        stream_processing_timeout=settings.stage_timeout_s + 60,
+        stream_processing_timeout=runtime.stage_timeout_s + 60,
         producer_acks=-1,
         # one size limit for the producer and the topics (streams.admin.topic_configs)
-        producer_max_request_size=settings.max_message_bytes,
-        producer_request_timeout=settings.send_timeout_s,
+        producer_max_request_size=broker.max_message_bytes,
+        producer_request_timeout=broker.send_timeout_s,
         web_enabled=True,
-        web_bind=settings.health_host,
+        web_bind=runtime.health_host,
         web_port=port,
-        web_host=settings.health_host,
+        web_host=runtime.health_host,
     )
     state = WorkerState()
     _watch_fetch_loop(app, state)
@@ -363,7 +366,7 @@ def create_app(
         on_busy=lambda job_id: _set_busy(state, metrics, stage_name, job_id),
     )
     source = app.topic(
-        physical(stage.consumes, settings.topic_prefix),
+        physical(stage.consumes, settings.broker.topic_prefix),
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -423,7 +426,7 @@ def create_app(
                     raise
                 except Exception as exc:
                     state.topic_error = f"{type(exc).__name__}: {exc}"
-                await asyncio.sleep(settings.health_check_interval_s)
+                await asyncio.sleep(settings.runtime.health_check_interval_s)
         finally:
             await probe.close()
 
@@ -461,7 +464,7 @@ def create_app(
         group=app.conf.id,
         consumes=stage.consumes,
         produces=stage.produces,
-        health=f"http://{settings.health_host}:{port}/health",
+        health=f"http://{settings.runtime.health_host}:{port}/health",
     )
     return app, runner, state
 
@@ -482,7 +485,7 @@ def _set_busy(state: WorkerState, metrics: Metrics, stage: str, job_id: str | No
 def _health_topics(stage: StageTopics, settings: Settings) -> list[str]:
     """The topics a stage worker reads or writes: all must exist for it to be healthy."""
     names = [stage.consumes, stage.produces, TRACK_FAILED, JOB_PROGRESS, dlq(stage.consumes)]
-    return [physical(name, settings.topic_prefix) for name in names]
+    return [physical(name, settings.broker.topic_prefix) for name in names]
 
 
 def _watch_fetch_loop(app: faust.App, state: WorkerState) -> None:
@@ -510,8 +513,10 @@ async def _outwait_stuck_call(
     if call is None:
         return
     state.stuck_since = time.monotonic()
-    log.error("a stage call is still running past its timeout", grace_s=settings.stuck_grace_s)
-    deadline = state.stuck_since + settings.stuck_grace_s
+    log.error(
+        "a stage call is still running past its timeout", grace_s=settings.runtime.stuck_grace_s
+    )
+    deadline = state.stuck_since + settings.runtime.stuck_grace_s
     while not call.done() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     if call.done():
@@ -563,11 +568,13 @@ def worker_device(settings: Settings, uses_device: bool) -> str:
     if not uses_device:
         return "cpu"
     try:
-        device = str(resolve_device(settings.device, probe=True))
+        device = str(resolve_device(settings.models.device, probe=True))
     except DeviceUnavailable as exc:
-        log.error("the configured device is not usable", device=settings.device, error=str(exc))
+        log.error(
+            "the configured device is not usable", device=settings.models.device, error=str(exc)
+        )
         raise
-    log.info("device chosen", device=device, configured=settings.device)
+    log.info("device chosen", device=device, configured=settings.models.device)
     return device
 
 
@@ -585,7 +592,7 @@ def run_worker(
     from streams.allocator import keep_freed_memory
 
     keep_freed_memory()
-    configure_logging(settings.log_level, settings.log_format, stage=stage_name)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format, stage=stage_name)
     from streams.admin import create_topics
 
     device = worker_device(settings, uses_device)
@@ -594,14 +601,14 @@ def run_worker(
     worker = DrainingWorker(
         app,
         state,
-        settings.shutdown_grace_s,
-        settings.shutdown_leave_s,
-        loglevel=settings.log_level,
+        settings.runtime.shutdown_grace_s,
+        settings.runtime.shutdown_leave_s,
+        loglevel=settings.runtime.log_level,
         override_logging=False,
         quiet=True,
         redirect_stdouts=False,
     )
-    configure_logging(settings.log_level, settings.log_format, stage=stage_name)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format, stage=stage_name)
     log.info("worker starting", pid=os.getpid())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     code: Any = 0

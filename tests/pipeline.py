@@ -99,15 +99,14 @@ class Pipeline:
             "PYTHONUNBUFFERED": "1",
         }
         self.settings = Settings(
-            broker_url=self.stack.broker_url,
-            s3_bucket=self.stack.bucket,
-            topic_prefix=self.prefix,
+            broker={"url": self.stack.broker_url, "topic_prefix": self.prefix},
+            storage={"bucket": self.stack.bucket},
         )
         for key in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             os.environ[key] = self.env[key]
         self.store = S3Store(self.settings)
         for topic, limit in self.topic_max_bytes.items():
-            raised = self.settings.model_copy(update={"max_message_bytes": limit})
+            raised = self.settings.updated(broker={"max_message_bytes": limit})
             create_topics(raised, [topic])
         create_topics(self.settings)
 

@@ -52,8 +52,11 @@ def converted_output(
         *([sha256_file(backing)] if backing else []),
     ]
     files = {"vocals": VOCALS_FILE, **({"backing": BACKING_FILE} if backing else {})}
-    params = ConversionParams.of(event.options.conversion, voice.backend, ctx.settings)
-    return plan_output(CONVERTED, inputs, params, ctx.settings.code_version, files)
+    settings = ctx.settings
+    params = ConversionParams.of(
+        event.options.conversion, voice.backend, settings.models, settings.audio
+    )
+    return plan_output(CONVERTED, inputs, params, settings.runtime.code_version, files)
 
 
 def handle(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
@@ -83,9 +86,11 @@ def handle(event: VoiceTrained, ctx: StageContext) -> VocalsConverted:
             vocals,
             voice,
             conversion,
-            ctx.settings,
+            ctx.settings.converter,
             lambda f, m: ctx.progress(share * f, m),
             out_path=ctx.workdir / "converted_vocals.flac",
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
         )
         files = {"vocals": result.path}
         if backing is not None:
@@ -135,10 +140,12 @@ def _convert_backing(
             backing,
             voice,
             params,
-            ctx.settings,
+            ctx.settings.converter,
             lambda f, m: ctx.progress(0.6 + 0.2 * f, f"backing vocals: {m}"),
             out_path=ctx.workdir / "converted_backing.flac",
             key=lead.semitones,
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
         )
     except StageError as exc:
         if exc.code != "silent_audio":

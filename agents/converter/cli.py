@@ -21,15 +21,14 @@ def _resolve_model_file(name: str, settings: Settings, suffixes: tuple[str, ...]
     given = Path(name).expanduser()
     if given.is_file():
         return given
-    candidates = [settings.model_dir / name] + [
-        settings.model_dir / f"{name}{suffix}" for suffix in suffixes
-    ]
+    model_dir = settings.models.dir
+    candidates = [model_dir / name] + [model_dir / f"{name}{suffix}" for suffix in suffixes]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise StageError(
         "model_not_found",
-        f"{name!r} is neither a file nor in the model directory {settings.model_dir}",
+        f"{name!r} is neither a file nor in the model directory {model_dir}",
     )
 
 
@@ -59,4 +58,12 @@ def convert_command(
         voice_files.append(_resolve_model_file(file_index2, settings, (".index",)))
     vocals = Path(input_audio0).expanduser()
     out_path = Path(out) if out else vocals.with_name(f"{vocals.stem}_converted.flac")
-    return convert_vocals(vocals, voice_files, params, settings, out_path=out_path)
+    return convert_vocals(
+        vocals,
+        voice_files,
+        params,
+        settings.converter,
+        out_path=out_path,
+        models=settings.models,
+        audio=settings.audio,
+    )

@@ -4,7 +4,7 @@ Loading a voice model or the content encoder costs seconds (and a GPU upload); a
 usually sees the same encoder for every job and the same voice model for a person's several
 songs. Entries are keyed by content (a hash of the model file) and the device, so a changed file
 is never served stale, and evicted least-recently-used first once the estimated size passes
-``settings.model_cache_mb``.
+``settings.converter.model_cache_mb``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 
 from foundation.cache import LruCache
 from streams.keys import sha256_file
-from streams.settings import Settings
+from streams.settings import ConverterSettings
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ _shared: ModelCache | None = None
 _shared_lock = threading.Lock()
 
 
-def shared_cache(settings: Settings) -> ModelCache:
+def shared_cache(settings: ConverterSettings) -> ModelCache:
     """The process-wide cache, bounded by ``settings.model_cache_mb``."""
     global _shared
     with _shared_lock:

@@ -4,7 +4,7 @@ Two backends, chosen by the voice file:
 
 * ``'rvc'``: an RVC voice model (``.pth``, optionally with its ``.index``), converted by
   :mod:`agents.converter.pipeline` with the HuBERT/ContentVec checkpoint from
-  ``settings.hubert_path``;
+  ``settings.models.hubert_path``;
 * ``'world'``: a WORLD voice profile (``profile.npz``), the no-weights fallback of
   :mod:`agents.voice.world`, used when no content encoder is configured.
 
@@ -38,7 +38,7 @@ from foundation.signal import Allocate, DiskSignal, Signal, fit, write_sound_fil
 from schemas.events import ConversionOptions, ConversionQuality
 from schemas.vocabulary import WORLD_F0_METHODS, VoiceKind
 from streams.outputs import OutputParams
-from streams.settings import Settings
+from streams.settings import AudioSettings, ConverterSettings, ModelsSettings
 
 log = get_logger(__name__)
 
@@ -138,32 +138,36 @@ class ConversionParams(OutputParams):
 
     @classmethod
     def of(
-        cls, options: ConversionOptions, backend: VoiceKind, settings: Settings
+        cls,
+        options: ConversionOptions,
+        backend: VoiceKind,
+        models: ModelsSettings,
+        audio: AudioSettings,
     ) -> ConversionParams:
         if backend == "world":
-            return cls(options=options, backend=backend, sample_rate=settings.stem_sample_rate)
-        method = pitch_method(options, settings)
+            return cls(options=options, backend=backend, sample_rate=audio.stem_sample_rate)
+        method = pitch_method(options, models)
         return cls(
             options=options,
             backend=backend,
-            sample_rate=settings.stem_sample_rate,
-            content_encoder=_file_identity(settings.hubert_path),
+            sample_rate=audio.stem_sample_rate,
+            content_encoder=_file_identity(models.hubert_path),
             f0_method=method,
-            rmvpe=_file_identity(settings.rmvpe_path) if method == "rmvpe" else None,
+            rmvpe=_file_identity(models.rmvpe_path) if method == "rmvpe" else None,
         )
 
 
-def pitch_method(params: ConversionOptions, settings: Settings) -> str:
+def pitch_method(params: ConversionOptions, models: ModelsSettings) -> str:
     """The f0 method that will run: RMVPE needs weights; without them FCPE stands in."""
     from agents.voice.f0 import resolve_f0_method
 
-    return resolve_f0_method(params.f0_method, settings.rmvpe_path)
+    return resolve_f0_method(params.f0_method, models.rmvpe_path)
 
 
-def _f0_extractor(method: str, settings: Settings, device: Any, cache: ModelCache) -> Any:
+def _f0_extractor(method: str, models: ModelsSettings, device: Any, cache: ModelCache) -> Any:
     from agents.voice.f0 import get_f0_extractor
 
-    rmvpe = settings.rmvpe_path if method == "rmvpe" else None
+    rmvpe = models.rmvpe_path if method == "rmvpe" else None
     key = f"f0:{method}:{rmvpe}:{device}"
 
     def load() -> Any:
@@ -185,26 +189,28 @@ def _convert_rvc(
     vocals_path: Path,
     voice: VoiceFiles,
     params: ConversionOptions,
-    settings: Settings,
+    settings: ConverterSettings,
+    models: ModelsSettings,
+    output_sr: int,
     progress: ProgressFn,
     cache: ModelCache,
     allocate: Allocate,
 ) -> tuple[Signal, int]:
     from agents.converter.pipeline import convert_rvc
 
-    if settings.hubert_path is None:
+    if models.hubert_path is None:
         raise StageError(
             "model_not_found",
             "an RVC voice model needs a HuBERT/ContentVec checkpoint: `singtome models pull "
             "hubert_base.pt`, or set SINGTOME_HUBERT_PATH",
         )
-    device = resolve_device(settings.device)
-    log.info("converting with RVC", content_encoder=str(settings.hubert_path), device=str(device))
+    device = resolve_device(models.device)
+    log.info("converting with RVC", content_encoder=str(models.hubert_path), device=str(device))
     progress(0.0, "loading the voice model")
     voice_model = cached_voice_model(
-        voice.model, device, cache, settings.converter_runtime, settings.converter_tile_frames
+        voice.model, device, cache, settings.runtime, settings.tile_frames
     )
-    encoder = cached_content_encoder(settings.hubert_path, device, cache)
+    encoder = cached_content_encoder(models.hubert_path, device, cache)
     index = cached_index(voice.index, cache) if voice.index is not None else None
 
     feature_dim = getattr(encoder, "feature_dim", None)
@@ -226,7 +232,7 @@ def _convert_rvc(
             f"model needs {voice_model.phone_dim}-d ({voice.index.name if voice.index else ''})",
         )
     extractor = (
-        _f0_extractor(pitch_method(params, settings), settings, device, cache)
+        _f0_extractor(pitch_method(params, models), models, device, cache)
         if voice_model.f0
         else None
     )
@@ -238,8 +244,8 @@ def _convert_rvc(
         params,
         extractor,
         lambda fraction, message: progress(0.05 + 0.9 * fraction, message),
-        output_sr=settings.stem_sample_rate,
-        batch_pieces=settings.converter_batch_pieces or (4 if device.type == "cuda" else 1),
+        output_sr=output_sr,
+        batch_pieces=settings.batch_pieces or (4 if device.type == "cuda" else 1),
         allocate=allocate,
     )
 
@@ -248,11 +254,14 @@ def convert_vocals(
     vocals_path: Path,
     voice_dir_or_files: VoiceFiles | Path | Sequence[Path],
     params: ConversionOptions,
-    settings: Settings,
+    settings: ConverterSettings | None = None,
     progress: ProgressFn = _no_progress,
     out_path: Path | None = None,
     cache: ModelCache | None = None,
     key: int | None = None,
+    *,
+    models: ModelsSettings | None = None,
+    audio: AudioSettings | None = None,
 ) -> ConversionResult:
     """Convert the vocals at ``vocals_path`` into the voice in ``voice_dir_or_files``: voice
     files whose kind is already decided (:class:`VoiceFiles`), or a folder or files to look the
@@ -260,19 +269,25 @@ def convert_vocals(
 
     ``key`` fixes the transpose (no automatic octave): the backing vocals get the lead's key.
 
-    Writes FLAC at ``settings.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
+    ``settings`` (runtime, batching, cache size), ``models`` (content encoder, RMVPE, device) and
+    ``audio`` (stem rate, silence) default to their defaults.
+
+    Writes FLAC at ``audio.stem_sample_rate`` to ``out_path`` (default: beside the vocals).
     Errors: ``silent_audio``, ``model_not_found``, ``model_mismatch``, ``invalid_model``,
     ``unsafe_model`` and the audio decoding codes of :func:`foundation.audio.load_audio`.
     """
     from foundation.audio import load_signal
 
+    settings = settings or ConverterSettings()
+    models = models or ModelsSettings()
+    audio = audio or AudioSettings()
     vocals_path = Path(vocals_path)
     voice = (
         voice_dir_or_files
         if isinstance(voice_dir_or_files, VoiceFiles)
         else find_voice_files(voice_dir_or_files)
     )
-    sr = settings.stem_sample_rate
+    sr = audio.stem_sample_rate
     out_path = Path(out_path) if out_path else vocals_path.with_name("converted_vocals.flac")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # The song-length signals stay in temporary files beside the output, read and written a
@@ -280,11 +295,11 @@ def convert_vocals(
     on_disk = DiskSignal.factory(out_path.parent)
     vocals = load_signal(vocals_path, sr, on_disk)
     loudness = peak_loudness_dbfs(vocals, sr)
-    if loudness < settings.silence_dbfs:
+    if loudness < audio.silence_dbfs:
         raise StageError(
             "silent_audio",
             f"the vocals are silent (loudest {LOUDNESS_WINDOW_S * 1000:.0f} ms at "
-            f"{loudness:.0f} dBFS, below {settings.silence_dbfs:.0f})",
+            f"{loudness:.0f} dBFS, below {audio.silence_dbfs:.0f})",
         )
     cache = cache if cache is not None else shared_cache(settings)
 
@@ -312,7 +327,7 @@ def convert_vocals(
             params = params.model_copy(update={"f0_up_key": key})
         semitones, key_method = params.f0_up_key, "requested"
         converted, out_sr = _convert_rvc(
-            vocals_path, voice, params, settings, progress, cache, on_disk
+            vocals_path, voice, params, settings, models, sr, progress, cache, on_disk
         )
         converted = fit(resample_signal(converted, out_sr, sr, on_disk), length)
 

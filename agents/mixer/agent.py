@@ -33,7 +33,7 @@ def track_output(stems: dict[str, Path], event: VocalsConverted, ctx: StageConte
     inputs = [f"{role}:{sha256_file(stems[role])}" for role in sorted(stems)]
     params = TrackParams(mix=event.options.mix, output=event.options.output)
     files = {"track": OutputFile(f"{TRACK_NAME}.{fmt}", content_type(fmt))}
-    return plan_output(TRACKS, inputs, params, ctx.settings.code_version, files)
+    return plan_output(TRACKS, inputs, params, ctx.settings.runtime.code_version, files)
 
 
 def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
@@ -56,7 +56,7 @@ def handle(event: VocalsConverted, ctx: StageContext) -> TrackReady:
         log.info("track already mixed; reusing it", track_key=key)
         ctx.progress(1.0, "track already mixed")
 
-    expiry_s = ctx.settings.presign_expiry_s
+    expiry_s = ctx.settings.storage.presign_expiry_s
     signed_at = datetime.now(UTC)
     download_url = ctx.store.presign(key, expiry_s)
     finished_at = datetime.now(UTC)

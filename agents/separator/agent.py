@@ -29,8 +29,8 @@ def stems_output(song: Path, params: SeparationParams, ctx: StageContext) -> Out
     return plan_output(
         STEMS,
         [sha256_file(song)],
-        StemsParams.of(params, ctx.settings),
-        ctx.settings.code_version,
+        StemsParams.of(params, ctx.settings.separator, ctx.settings.audio),
+        ctx.settings.runtime.code_version,
         files,
     )
 
@@ -47,23 +47,32 @@ def _refuse_oversized(ctx: StageContext, song_key: str) -> None:
         size = ctx.store.size(song_key)
     except ObjectNotFound:
         raise StageError("missing_object", f"object not found: {song_key}") from None
-    if size > ctx.settings.max_audio_bytes:
+    limit = ctx.settings.audio.max_audio_bytes
+    if size > limit:
         raise StageError(
             "audio_too_large",
             f"{song_key}: {size / 1e6:.1f} MB is over the limit of "
-            f"{ctx.settings.max_audio_bytes / 1e6:.1f} MB (SINGTOME_MAX_AUDIO_BYTES)",
+            f"{limit / 1e6:.1f} MB (SINGTOME_MAX_AUDIO_BYTES)",
         )
 
 
 def handle(event: SongUploaded, ctx: StageContext) -> VocalsSeparated:
-    params = SeparationParams.from_options(event.options.separator, ctx.settings)
+    params = SeparationParams.from_options(event.options.separator, ctx.settings.separator)
     song_key = event.keys.song or ""
     _refuse_oversized(ctx, song_key)
     song = fetch(ctx, song_key, "song" + Path(song_key).suffix.lower())
     output = stems_output(song, params, ctx)
 
     def compute() -> Produced:
-        result = separate(song, ctx.workdir / "stems", params, ctx.settings, ctx.progress)
+        result = separate(
+            song,
+            ctx.workdir / "stems",
+            params,
+            ctx.settings.separator,
+            ctx.progress,
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
+        )
         log.info("stems separated", model=result.model, duration_s=result.duration_s)
         info = {
             "sample_rate": result.sample_rate,

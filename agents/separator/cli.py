@@ -29,11 +29,19 @@ def separate_command(
     settings = settings or get_settings()
     song = Path(song)
     params = SeparationParams(
-        model=model or settings.separator_model,
+        model=model or settings.separator.model,
         skip=skip,
         denoise_model=denoise_model,
         dereverb_model=dereverb_model,
         karaoke_model=karaoke_model,
     )
     target = Path(out_dir) if out_dir is not None else song.with_name(f"{song.stem}_stems")
-    return separate(song, target, params, settings, progress)
+    return separate(
+        song,
+        target,
+        params,
+        settings.separator,
+        progress,
+        models=settings.models,
+        audio=settings.audio,
+    )

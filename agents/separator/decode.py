@@ -20,7 +20,7 @@ from foundation.errors import StageError
 from foundation.levels import loudest_window_dbfs
 from foundation.logging import get_logger
 from foundation.probe import ProbeInfo, probe, riff_shortfall
-from streams.settings import Settings
+from streams.settings import AudioSettings
 
 log = get_logger(__name__)
 
@@ -43,7 +43,7 @@ class DecodedAudio:
         return self.frames / self.sample_rate
 
 
-def check_size(path: Path, settings: Settings) -> None:
+def check_size(path: Path, settings: AudioSettings) -> None:
     size = path.stat().st_size
     if size == 0:
         raise StageError("empty_audio", f"{path.name}: the file is empty (0 bytes)")
@@ -55,7 +55,7 @@ def check_size(path: Path, settings: Settings) -> None:
         )
 
 
-def _too_long(name: str, duration_s: float, settings: Settings) -> StageError:
+def _too_long(name: str, duration_s: float, settings: AudioSettings) -> StageError:
     return StageError(
         "audio_too_long",
         f"{name}: {duration_s:.1f} s is over the limit of {settings.max_audio_duration_s:g} s "
@@ -72,7 +72,10 @@ def _channel_layout_args(channels: int) -> list[str]:
 
 
 def decode(
-    song_path: str | Path, out_wav: str | Path, settings: Settings, sample_rate: int | None = None
+    song_path: str | Path,
+    out_wav: str | Path,
+    settings: AudioSettings,
+    sample_rate: int | None = None,
 ) -> DecodedAudio:
     """Check and decode ``song_path`` to a float32 stereo WAV at ``sample_rate`` (default 44.1 kHz).
 

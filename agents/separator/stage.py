@@ -30,7 +30,7 @@ from foundation.progress import ProgressFn
 from schemas.events import SeparatorOptions
 from schemas.vocabulary import ACCOMPANIMENT, BACKING_VOCALS, VOCALS
 from streams.outputs import OutputParams
-from streams.settings import Settings
+from streams.settings import AudioSettings, ModelsSettings, SeparatorSettings
 
 log = get_logger(__name__)
 
@@ -52,9 +52,11 @@ class SeparationParams:
     karaoke_model: str | None = None
 
     @classmethod
-    def from_options(cls, options: SeparatorOptions, settings: Settings) -> SeparationParams:
+    def from_options(
+        cls, options: SeparatorOptions, settings: SeparatorSettings
+    ) -> SeparationParams:
         return cls(
-            model=options.model or settings.separator_model,
+            model=options.model or settings.model,
             skip=options.skip,
             denoise_model=options.denoise_model,
             dereverb_model=options.dereverb_model,
@@ -100,14 +102,16 @@ class StemsParams(OutputParams):
     overlap_s: float
 
     @classmethod
-    def of(cls, params: SeparationParams, settings: Settings) -> StemsParams:
+    def of(
+        cls, params: SeparationParams, settings: SeparatorSettings, audio: AudioSettings
+    ) -> StemsParams:
         return cls(
             backend=backend_kind(params.separation_model),
             model=params.separation_model,
             chain=params.chain,
-            sample_rate=settings.stem_sample_rate,
-            chunk_s=settings.separator_chunk_s,
-            overlap_s=settings.separator_overlap_s,
+            sample_rate=audio.stem_sample_rate,
+            chunk_s=settings.chunk_s,
+            overlap_s=settings.overlap_s,
         )
 
 
@@ -196,16 +200,16 @@ class SeparationPipeline:
         return {name: out[name] for name in (VOCALS, ACCOMPANIMENT, BACKING_VOCALS) if name in out}
 
 
-def build_pipeline(params: SeparationParams, settings: Settings) -> SeparationPipeline:
+def build_pipeline(params: SeparationParams, models: ModelsSettings) -> SeparationPipeline:
     from foundation.device import resolve_device
 
-    device = str(resolve_device(settings.device))
-    separator = load_backend(params.separation_model, settings.model_dir, device)
+    device = str(resolve_device(models.device))
+    separator = load_backend(params.separation_model, models.dir, device)
     chain = []
     for step, model in params.chain:
         if backend_kind(model) != "uvr":
             raise StageError("invalid_model", f"{step} needs a UVR model file, got {model!r}")
-        chain.append((step, load_backend(model, settings.model_dir, device)))
+        chain.append((step, load_backend(model, models.dir, device)))
     return SeparationPipeline(separator, chain)
 
 
@@ -213,7 +217,7 @@ def separate_stream(
     decoded_wav: Path,
     out_dir: Path,
     process: ProcessFn,
-    settings: Settings,
+    settings: SeparatorSettings,
     progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     """Run ``process`` (audio -> stems) over a decoded WAV in chunks, writing one FLAC per stem."""
@@ -227,8 +231,8 @@ def separate_stream(
                 reader.frames,
                 process,
                 writer.write,
-                chunk=round(settings.separator_chunk_s * SAMPLE_RATE),
-                overlap=round(settings.separator_overlap_s * SAMPLE_RATE),
+                chunk=round(settings.chunk_s * SAMPLE_RATE),
+                overlap=round(settings.overlap_s * SAMPLE_RATE),
                 progress=progress,
             )
         except BaseException:
@@ -241,27 +245,35 @@ def separate(
     song_path: str | Path,
     out_dir: str | Path,
     params: SeparationParams,
-    settings: Settings,
+    settings: SeparatorSettings | None = None,
     progress: ProgressFn | None = None,
+    *,
+    models: ModelsSettings | None = None,
+    audio: AudioSettings | None = None,
 ) -> SeparationResult:
     """Split ``song_path`` into FLAC stems in ``out_dir``: vocals, accompaniment, [backing_vocals].
+
+    ``settings`` (chunking), ``models`` (model dir, device) and ``audio`` (the song's limits)
+    default to their defaults.
 
     Raises :class:`StageError` for bad input (see :func:`agents.separator.decode.decode`) and for
     missing or unusable models (``model_not_found``, ``invalid_model``).
     """
+    settings = settings or SeparatorSettings()
+    audio = audio or AudioSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if settings.stem_sample_rate != SAMPLE_RATE:
+    if audio.stem_sample_rate != SAMPLE_RATE:
         raise ValueError(f"separation models work at {SAMPLE_RATE} Hz (SINGTOME_STEM_SAMPLE_RATE)")
     # Load models before decoding: a missing model fails fast, before minutes of work.
-    pipeline = build_pipeline(params, settings)
+    pipeline = build_pipeline(params, models or ModelsSettings())
     with tempfile.TemporaryDirectory(prefix=".decode-", dir=out_dir) as scratch:
-        decoded = decode(song_path, Path(scratch) / "song.wav", settings, SAMPLE_RATE)
+        decoded = decode(song_path, Path(scratch) / "song.wav", audio, SAMPLE_RATE)
         if progress is not None:
             progress(0.0, "decoded")
         log.info(
             "separating", model=params.label, duration_s=round(decoded.duration_s, 2),
-            chunk_s=settings.separator_chunk_s,
+            chunk_s=settings.chunk_s,
         )  # fmt: skip
         stems = separate_stream(decoded.path, out_dir, pipeline, settings, progress)
     return SeparationResult(

@@ -33,7 +33,7 @@ log = get_logger(__name__)
 
 def training_config(event: VocalsSeparated, ctx: StageContext) -> VoiceTrainingConfig:
     return VoiceTrainingConfig.from_options(
-        event.options.voice, model_size=ctx.settings.train_model_size
+        event.options.voice, model_size=ctx.settings.trainer.model_size
     )
 
 
@@ -90,18 +90,18 @@ def _dataset_files(event: VocalsSeparated, ctx: StageContext) -> list[Path]:
     keys = [k for k in ctx.store.list(prefix) if Path(k).suffix.lower() in AUDIO_SUFFIXES]
     if not keys:
         raise StageError("dataset_empty", f"no audio files under s3 prefix {prefix!r}")
-    settings = ctx.settings
-    if len(keys) > settings.max_dataset_files:
+    audio = ctx.settings.audio
+    if len(keys) > audio.max_dataset_files:
         raise StageError(
             "dataset_too_large",
-            f"{len(keys)} files in the dataset; the limit is {settings.max_dataset_files} "
+            f"{len(keys)} files in the dataset; the limit is {audio.max_dataset_files} "
             "(SINGTOME_MAX_DATASET_FILES)",
         )
     total = sum(ctx.store.size(k) for k in keys)
-    if total > settings.max_dataset_bytes:
+    if total > audio.max_dataset_bytes:
         raise StageError(
             "dataset_too_large",
-            f"the dataset has {total} bytes; the limit is {settings.max_dataset_bytes} "
+            f"the dataset has {total} bytes; the limit is {audio.max_dataset_bytes} "
             "(SINGTOME_MAX_DATASET_BYTES)",
         )
     folder = ctx.workdir / "dataset"
@@ -120,14 +120,14 @@ def voice_files(kind: VoiceKind) -> dict[str, OutputFile]:
 
 
 def voice_output(files: list[Path], config: VoiceTrainingConfig, ctx: StageContext) -> Output:
-    kind = voice_kind(ctx.settings)
+    kind = voice_kind(ctx.settings.models)
     # Sorted: the same recordings under other names or in another order are the same voice.
     hashes = sorted(sha256_file(p) for p in files)
     return plan_output(
         VOICES,
         hashes,
-        VoiceParams.of(config, kind, ctx.settings.rmvpe_path),
-        ctx.settings.code_version,
+        VoiceParams.of(config, kind, ctx.settings.models.rmvpe_path),
+        ctx.settings.runtime.code_version,
         voice_files(kind),
     )
 
@@ -143,11 +143,19 @@ def voice_keys(digest: str, kind: VoiceKind) -> dict[str, str]:
 def _from_dataset(event: VocalsSeparated, ctx: StageContext) -> VoiceTrained:
     files = _dataset_files(event, ctx)
     config = training_config(event, ctx)
-    kind = voice_kind(ctx.settings)
+    kind = voice_kind(ctx.settings.models)
     output = voice_output(files, config, ctx)
 
     def compute() -> Produced:
-        trained = train_voice(files, ctx.workdir / "voice", config, ctx.settings, ctx.progress)
+        trained = train_voice(
+            files,
+            ctx.workdir / "voice",
+            config,
+            ctx.settings.trainer,
+            ctx.progress,
+            models=ctx.settings.models,
+            audio=ctx.settings.audio,
+        )
         if trained.skipped:
             trained.metrics["skipped_files"] = float(len(trained.skipped))
         return Produced(trained.files, {"metrics": trained.metrics})

@@ -20,7 +20,7 @@ from foundation.progress import ProgressFn
 from schemas.events import VoiceOptions
 from schemas.vocabulary import F0Method, SampleRate, VoiceKind
 from streams.outputs import OutputParams
-from streams.settings import Settings
+from streams.settings import AudioSettings, ModelsSettings, TrainerSettings
 
 log = get_logger(__name__)
 
@@ -90,8 +90,8 @@ class TrainedVoice:
     skipped: list[str] = field(default_factory=list)  # "file: reason" for unreadable files
 
 
-def voice_kind(settings: Settings) -> VoiceKind:
-    return "rvc" if settings.hubert_path is not None else "world"
+def voice_kind(models: ModelsSettings) -> VoiceKind:
+    return "rvc" if models.hubert_path is not None else "world"
 
 
 def readable_audio(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
@@ -127,20 +127,34 @@ def train_voice(
     dataset_files: Sequence[Path],
     out_dir: Path,
     config: VoiceTrainingConfig,
-    settings: Settings,
+    settings: TrainerSettings | None = None,
     progress: ProgressFn = _no_progress,
+    *,
+    models: ModelsSettings | None = None,
+    audio: AudioSettings | None = None,
 ) -> TrainedVoice:
-    """Train the voice heard in ``dataset_files`` into ``out_dir``."""
+    """Train the voice heard in ``dataset_files`` into ``out_dir``. ``settings`` (precision),
+    ``models`` (content encoder, pitch and pretrained files, device) and ``audio`` (silence)
+    default to their defaults."""
+    models = models or ModelsSettings()
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = readable_audio(dataset_files)
-    if voice_kind(settings) == "world":
+    if voice_kind(models) == "world":
         log.info(
             "no content encoder (`singtome models pull hubert_base.pt` or SINGTOME_HUBERT_PATH): "
             "learning the WORLD fallback voice profile, not an RVC model"
         )
         profile = learn_profile_file(files, out_dir, progress)
         return TrainedVoice("world", {"model": profile}, skipped=skipped)
-    result = _train_rvc(files, out_dir, config, settings, progress)
+    result = _train_rvc(
+        files,
+        out_dir,
+        config,
+        settings or TrainerSettings(),
+        models,
+        (audio or AudioSettings()).silence_dbfs,
+        progress,
+    )
     result.skipped = skipped
     return result
 
@@ -149,7 +163,9 @@ def _train_rvc(
     files: list[Path],
     out_dir: Path,
     config: VoiceTrainingConfig,
-    settings: Settings,
+    settings: TrainerSettings,
+    models: ModelsSettings,
+    silence_dbfs: float,
     progress: ProgressFn,
 ) -> TrainedVoice:
     import shutil
@@ -162,7 +178,7 @@ def _train_rvc(
     from agents.voice.f0 import resolve_f0_method
     from agents.voice.index import build_index, load_training_features, save_index
 
-    assert settings.hubert_path is not None
+    assert models.hubert_path is not None
     exp_dir = out_dir / "exp"
 
     def phase(start: float, end: float) -> ProgressFn:
@@ -173,28 +189,28 @@ def _train_rvc(
         exp_dir,
         SAMPLE_RATES[config.sample_rate],
         phase(0.0, 0.1),
-        silence_dbfs=settings.silence_dbfs,
+        silence_dbfs=silence_dbfs,
     )
-    device = _device(settings)
+    device = _device(models)
     log.info(
         "training an RVC v2 voice model",
-        content_encoder=str(settings.hubert_path),
-        rmvpe=str(settings.rmvpe_path) if settings.rmvpe_path else None,
-        pretrained_dir=str(settings.pretrained_dir) if settings.pretrained_dir else None,
+        content_encoder=str(models.hubert_path),
+        rmvpe=str(models.rmvpe_path) if models.rmvpe_path else None,
+        pretrained_dir=str(models.pretrained_dir) if models.pretrained_dir else None,
         device=device,
     )
-    encoder = load_content_encoder(settings.hubert_path, device=device)
+    encoder = load_content_encoder(models.hubert_path, device=device)
     extract_features(
         exp_dir,
-        resolve_f0_method(config.f0_method, settings.rmvpe_path),
+        resolve_f0_method(config.f0_method, models.rmvpe_path),
         encoder,
         config.version,
         phase(0.1, 0.25),
-        rmvpe_path=settings.rmvpe_path,
+        rmvpe_path=models.rmvpe_path,
         device=device,
-        crepe_model=settings.crepe_model,
+        crepe_model=models.crepe_model,
     )
-    pretrained_g, pretrained_d = _pretrained(config, settings)
+    pretrained_g, pretrained_d = _pretrained(config, models.pretrained_dir)
     result = train_model(
         exp_dir,
         TrainConfig(
@@ -206,9 +222,9 @@ def _train_rvc(
             pretrained_g=pretrained_g,
             pretrained_d=pretrained_d,
             seed=config.seed,
-            device=settings.device,
+            device=models.device,
             model_size=config.model_size,
-            precision=settings.train_precision,
+            precision=settings.precision,
         ),
         phase(0.25, 0.95),
     )
@@ -223,18 +239,19 @@ def _train_rvc(
     return TrainedVoice("rvc", {"model": Path(model), "index": index_path}, metrics)
 
 
-def _device(settings: Settings) -> str:
+def _device(models: ModelsSettings) -> str:
     from foundation.device import resolve_device
 
-    return str(resolve_device(settings.device))
+    return str(resolve_device(models.device))
 
 
-def _pretrained(config: VoiceTrainingConfig, settings: Settings) -> tuple[Path | None, Path | None]:
+def _pretrained(
+    config: VoiceTrainingConfig, folder: Path | None
+) -> tuple[Path | None, Path | None]:
     """Explicit paths win; else RVC's public file names looked up in SINGTOME_PRETRAINED_DIR."""
     g = Path(config.pretrained_g) if config.pretrained_g else None
     d = Path(config.pretrained_d) if config.pretrained_d else None
-    if settings.pretrained_dir is not None and (g is None or d is None):
-        folder = settings.pretrained_dir
+    if folder is not None and (g is None or d is None):
         g = g or _existing(folder / f"f0G{config.sample_rate}.pth")
         d = d or _existing(folder / f"f0D{config.sample_rate}.pth")
     for path in (g, d):

@@ -59,13 +59,14 @@ class FetchConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchConfig:
+        models = settings.models
         return cls(
-            model_dir=settings.model_dir,
-            mirror=settings.model_mirror,
-            hf_endpoint=settings.hf_endpoint,
-            connect_timeout_s=settings.model_connect_timeout_s,
-            read_timeout_s=settings.model_read_timeout_s,
-            retries=settings.model_retries,
+            model_dir=models.dir,
+            mirror=models.mirror,
+            hf_endpoint=models.hf_endpoint,
+            connect_timeout_s=models.connect_timeout_s,
+            read_timeout_s=models.read_timeout_s,
+            retries=models.retries,
         )
 
 

@@ -38,7 +38,7 @@ class UnknownModel(KeyError):
 
 
 def manifest(settings: Settings) -> Manifest:
-    return load_manifest(settings.model_manifest)
+    return load_manifest(settings.models.manifest)
 
 
 def select(settings: Settings, names: Iterable[str]) -> list[ModelEntry]:
@@ -49,9 +49,9 @@ def select(settings: Settings, names: Iterable[str]) -> list[ModelEntry]:
 
 
 def states(settings: Settings, entries: Iterable[ModelEntry] | None = None) -> list[FileState]:
-    lock = read_lock(settings.model_dir)
+    lock = read_lock(settings.models.dir)
     chosen = manifest(settings) if entries is None else entries
-    return [file_state(e, settings.model_dir, lock) for e in chosen]
+    return [file_state(e, settings.models.dir, lock) for e in chosen]
 
 
 @dataclass
@@ -90,4 +90,4 @@ def verify_models(
 ) -> list[FileState]:
     """Hash every present file (or those named) against its checksum."""
     chosen = list(manifest(settings) if entries is None else entries)
-    return [verify(e, settings.model_dir) for e in chosen]
+    return [verify(e, settings.models.dir) for e in chosen]

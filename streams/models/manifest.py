@@ -21,14 +21,15 @@ from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 Kind = Literal["content-encoder", "pitch", "pretrained", "separation", "separation-config", "other"]
 Origin = Literal["builtin", "audio-separator", "user"]
-SettingName = Literal["hubert_path", "rmvpe_path", "pretrained_dir"]
+# The settings (their path in streams.settings.Settings) a pulled file is the default of.
+SettingName = Literal["models.hubert_path", "models.rmvpe_path", "models.pretrained_dir"]
 
 # Where an entry without a ``path`` goes, by kind (relative to the model dir). The UVR folder is
 # the one the separator's uvr backend reads.
@@ -70,6 +71,14 @@ class ModelEntry(BaseModel):
     requires: list[str] = Field(default_factory=list, description="Other entries it needs.")
     note: str | None = None
     origin: Origin = "user"
+
+    @field_validator("setting", mode="before")
+    @classmethod
+    def _setting_path(cls, value: object) -> object:
+        """Manifests written before the settings had groups name the field alone."""
+        if isinstance(value, str) and "." not in value:
+            return f"models.{value}"
+        return value
 
     @field_validator("name")
     @classmethod
@@ -328,10 +337,10 @@ def default_model_paths(model_dir: Path, user_manifest: Path | None) -> dict[str
     except ManifestError:
         manifest = load_manifest(None, separation=False)
     found: dict[str, Path] = {}
-    for setting in ("hubert_path", "rmvpe_path", "pretrained_dir"):
-        for entry in manifest.for_setting(setting):  # type: ignore[arg-type]
+    for setting in get_args(SettingName):
+        for entry in manifest.for_setting(setting):
             path = entry.local_path(model_dir)
             if path.is_file():
-                found[setting] = path.parent if setting == "pretrained_dir" else path
+                found[setting] = path.parent if setting == "models.pretrained_dir" else path
                 break
     return found

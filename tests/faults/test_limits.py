@@ -64,7 +64,7 @@ def test_an_oversized_event_is_answered_kept_in_s3_and_the_next_job_completes(
         )
         big.options.output.title = "x" * (2 * MIB)
         raw = encode(big)
-        assert len(raw) > 2 * MIB > line.settings.max_message_bytes
+        assert len(raw) > 2 * MIB > line.settings.broker.max_message_bytes
         asyncio.run(_publish_big(line, big.job_id.encode(), raw))
         (good,) = line.songs("after-big", 1)
         publish(line.settings, good)

@@ -115,7 +115,7 @@ def test_demo_pulls_the_encoder_and_makes_an_rvc_cover(
     assert f"voice: RVC (content encoder {encoder}); not fetched: rmvpe.pt" in result.stderr
     ready = _track_ready(result.stdout)
     os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
-    store = S3Store(Settings(s3_bucket=stack.bucket))
+    store = S3Store(Settings(storage={"bucket": stack.bucket}))
     state = job_state(store, str(ready["job_id"]))
     assert state["voice.trained"]["voice_kind"] == "rvc"
     assert state["vocals.converted"]["backend"] == "rvc"

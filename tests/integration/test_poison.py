@@ -509,7 +509,7 @@ def test_jobs_are_isolated_from_each_other(line: Pipeline) -> None:
         "victim-voice": ("options.voice.dataset_key", f"uploads/{victim}/voice/"),
         "climb": ("keys.song", f"uploads/{tag}-climb/../{victim}/song.wav"),
         "other-bucket": ("keys.song", "../otherbucket/x"),
-        "scheme": ("keys.song", f"s3://{line.settings.s3_bucket}/uploads/{victim}/song.wav"),
+        "scheme": ("keys.song", f"s3://{line.settings.storage.bucket}/uploads/{victim}/song.wav"),
         "rooted": ("keys.song", f"/uploads/{victim}/song.wav"),
     }
     events: list[Any] = []

@@ -87,7 +87,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             voice_model="voices/v/profile.npz",
         ),
     )
-    settings = Settings(model_dir=root / "models", model_cache_mb=64)  # type: ignore[call-arg]
+    settings = Settings(models={"dir": root / "models"}, converter={"model_cache_mb": 64})
 
     def context(name: str) -> StageContext:
         return StageContext(stage=name, settings=settings, store=store, workdir=root / name)
@@ -165,7 +165,7 @@ def test_without_the_option_the_backing_vocals_stay_as_separated(
     event = job["converted"].model_copy(update={"converted_backing": None})
     store = job["store"]
     store.fetched.clear()
-    settings = Settings(model_dir=tmp_path / "m", model_cache_mb=64)  # type: ignore[call-arg]
+    settings = Settings(models={"dir": tmp_path / "m"}, converter={"model_cache_mb": 64})
     context = StageContext(
         stage="mixer", settings=settings, store=store, workdir=tmp_path / "w", force=True
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,12 @@ import soundfile as sf
 from agents.converter.agent import handle
 from agents.converter.cli import convert_command
 from agents.converter.models import ModelCache
-from agents.converter.stage import convert_vocals, find_voice_files, pitch_method
+from agents.converter.stage import (
+    ConversionResult,
+    convert_vocals,
+    find_voice_files,
+    pitch_method,
+)
 from agents.trainer.profile import learn_profile
 from foundation.errors import StageError
 from frontends.demo_audio import speech_voice, sung_vocal, write
@@ -49,8 +55,14 @@ def vocals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write(tmp_path_factory.mktemp("song") / "vocals.flac", audio, SR)
 
 
-def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(model_dir=tmp_path / "models", model_cache_mb=64, **overrides)  # type: ignore[arg-type]
+def settings_for(tmp_path: Path, **models: object) -> Settings:
+    """Settings with the model dir in ``tmp_path`` and ``models`` (``hubert_path=...``) set."""
+    return Settings(models={"dir": tmp_path / "models", **models}, converter={"model_cache_mb": 64})
+
+
+def groups(settings: Settings) -> dict[str, Any]:
+    """The groups convert_vocals takes besides the converter's own."""
+    return {"models": settings.models, "audio": settings.audio}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,13 +74,15 @@ def test_world_profile_converts_to_a_stem_rate_flac(
     voices: dict[str, Path], vocals: Path, tmp_path: Path
 ) -> None:
     seen: list[float] = []
+    settings = settings_for(tmp_path)
     result = convert_vocals(
         vocals,
         voices["profile"].parent,
         ConversionOptions(),
-        settings_for(tmp_path),
+        settings.converter,
         lambda fraction, _: seen.append(fraction),
         out_path=tmp_path / "out.flac",
+        **groups(settings),
     )
     assert result.backend == "world"
     info = sf.info(str(result.path))
@@ -84,25 +98,36 @@ def test_rvc_model_converts_through_the_stage(
     settings = settings_for(tmp_path, hubert_path=voices["hubert"])
     cache = ModelCache(64 * 2**20)
     params = ConversionOptions(f0_method="pm", f0_up_key=2)
-    result = convert_vocals(
-        vocals, [voices["v2"]], params, settings, out_path=tmp_path / "rvc.flac", cache=cache
-    )
+
+    def convert(name: str) -> ConversionResult:
+        return convert_vocals(
+            vocals,
+            [voices["v2"]],
+            params,
+            settings.converter,
+            out_path=tmp_path / name,
+            cache=cache,
+            **groups(settings),
+        )
+
+    result = convert("rvc.flac")
     assert result.backend == "rvc"
     audio, sr = sf.read(str(result.path))
     assert sr == SR and len(audio) == sf.info(str(vocals)).frames
     assert np.std(audio) > 0
     # Models stay loaded: a second conversion loads nothing.
     loaded = cache.misses
-    convert_vocals(
-        vocals, [voices["v2"]], params, settings, out_path=tmp_path / "again.flac", cache=cache
-    )
+    convert("again.flac")
     assert cache.misses == loaded and cache.hits >= 2
 
 
 def test_silent_vocals_are_refused(voices: dict[str, Path], tmp_path: Path) -> None:
     quiet = write(tmp_path / "quiet.wav", np.full(SR, 1e-5, dtype=np.float32), SR)
+    settings = settings_for(tmp_path)
     with pytest.raises(StageError) as caught:
-        convert_vocals(quiet, [voices["profile"]], ConversionOptions(), settings_for(tmp_path))
+        convert_vocals(
+            quiet, [voices["profile"]], ConversionOptions(), settings.converter, **groups(settings)
+        )
     assert caught.value.code == "silent_audio"
 
 
@@ -128,8 +153,9 @@ def test_missing_or_unusable_models(voices: dict[str, Path], vocals: Path, tmp_p
                 vocals,
                 voice,
                 ConversionOptions(f0_method="pm"),
-                settings,
+                settings.converter,
                 cache=ModelCache(64 * 2**20),
+                **groups(settings),
             )
         assert caught.value.code == code, (voice, caught.value.message)
 
@@ -146,10 +172,11 @@ def test_voice_files_are_found_by_kind(voices: dict[str, Path], tmp_path: Path) 
 
 def test_rmvpe_without_weights_falls_back_to_fcpe(tmp_path: Path) -> None:
     rmvpe = ConversionOptions(f0_method="rmvpe")
-    assert pitch_method(rmvpe, settings_for(tmp_path)) == "fcpe"
+    assert pitch_method(rmvpe, settings_for(tmp_path).models) == "fcpe"
     weights = tmp_path / "rmvpe.pt"
-    assert pitch_method(rmvpe, settings_for(tmp_path, rmvpe_path=weights)) == "rmvpe"
-    assert pitch_method(ConversionOptions(f0_method="harvest"), settings_for(tmp_path)) == "harvest"
+    assert pitch_method(rmvpe, settings_for(tmp_path, rmvpe_path=weights).models) == "rmvpe"
+    harvest = ConversionOptions(f0_method="harvest")
+    assert pitch_method(harvest, settings_for(tmp_path).models) == "harvest"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,8 +274,8 @@ def test_convert_command_finds_the_model_by_name(
     voices: dict[str, Path], vocals: Path, tmp_path: Path
 ) -> None:
     settings = settings_for(tmp_path)
-    settings.model_dir.mkdir(parents=True)
-    (settings.model_dir / "alice.npz").write_bytes(voices["profile"].read_bytes())
+    settings.models.dir.mkdir(parents=True)
+    (settings.models.dir / "alice.npz").write_bytes(voices["profile"].read_bytes())
     result = convert_command("alice", str(vocals), None, f0_up_key=-12, settings=settings)
     assert result.backend == "world"
     assert result.path == vocals.with_name("vocals_converted.flac")

@@ -21,11 +21,11 @@ RVC_PATHS = {
 
 
 def test_offline_demo_falls_back_at_once_and_says_why(tmp_path: Path) -> None:
-    settings = Settings(model_dir=tmp_path / "models", model_mirror="http://127.0.0.1:9")
+    settings = Settings(models={"dir": tmp_path / "models", "mirror": "http://127.0.0.1:9"})
     started = time.monotonic()
     after, line = pull_voice_models(settings, None, timeout_s=60)
     assert time.monotonic() - started < 5
-    assert after.hubert_path is None
+    assert after.models.hubert_path is None
     assert line.startswith("voice: the WORLD fallback, not RVC (could not fetch hubert_base.pt")
     assert "connection refused" in line and "\n" not in line
 
@@ -54,7 +54,7 @@ def test_demo_uses_rvc_once_the_encoder_arrived(tmp_path: Path) -> None:
         manifest = tmp_path / "manifest.json"
         manifest.write_text(json.dumps(rows))
         models = tmp_path / "models"
-        settings = Settings(model_dir=models, model_manifest=manifest, model_mirror=None)
+        settings = Settings(models={"dir": models, "manifest": manifest, "mirror": None})
         shown: list[str] = []
 
         def progress():  # type: ignore[no-untyped-def]
@@ -63,18 +63,19 @@ def test_demo_uses_rvc_once_the_encoder_arrived(tmp_path: Path) -> None:
             return contextlib.nullcontext(lambda entry, done, total: shown.append(entry.name))
 
         after, line = pull_voice_models(settings, progress, timeout_s=60)
-    assert after.hubert_path == models / "rvc" / "hubert_base.pt"
-    assert after.pretrained_dir == models / "rvc" / "pretrained_v2"
-    assert after.rmvpe_path is None
+    assert after.models.hubert_path == models / "rvc" / "hubert_base.pt"
+    assert after.models.pretrained_dir == models / "rvc" / "pretrained_v2"
+    assert after.models.rmvpe_path is None
     assert line.startswith(f"voice: RVC (content encoder {models / 'rvc' / 'hubert_base.pt'})")
     assert "not fetched: rmvpe.pt" in line and "HTTP 404" in line and "\n" not in line
     assert {"hubert_base.pt", "f0G40k.pth", "f0D40k.pth"} <= set(shown)
     # the workers, started afterwards with the same environment, find the files by themselves
-    assert Settings(model_dir=models, model_manifest=manifest).hubert_path == after.hubert_path
+    again = Settings(models={"dir": models, "manifest": manifest})
+    assert again.models.hubert_path == after.models.hubert_path
 
 
 def test_the_pull_is_bounded_in_time(tmp_path: Path) -> None:
-    settings = Settings(model_dir=tmp_path / "models", model_mirror="http://127.0.0.1:9")
+    settings = Settings(models={"dir": tmp_path / "models", "mirror": "http://127.0.0.1:9"})
     report = pull_models(settings, select(settings, RVC_ESSENTIALS), None, timeout_s=0)
     assert not report.ok and len(report.failed) == len(RVC_ESSENTIALS)
     assert all("out of time" in f.message for f in report.failed)

@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
+from operator import attrgetter
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,7 +35,7 @@ from typer.testing import CliRunner
 
 from frontends.cli import app
 from streams.admin import bootstrap_servers
-from streams.settings import PULLED_DEFAULTS, Settings
+from streams.settings import PULLED_DEFAULTS, Settings, variables
 from streams.topics import STAGES, physical
 from streams.worker import group_id
 
@@ -61,7 +62,9 @@ FOREIGN_ENV = {
     "AWS_DEFAULT_REGION",
 }
 SETTING_PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
-SETTING_NAMES = {SETTING_PREFIX + name.upper() for name in Settings.model_fields}
+SETTING_NAMES = {
+    name for v in variables(Settings) for name in v.names if name.startswith(SETTING_PREFIX)
+}
 
 runner = CliRunner()
 
@@ -268,8 +271,8 @@ def test_termination_grace_outlasts_the_shutdown_grace(settings_from: Any) -> No
         pod_grace = deployment(stage)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         # the job's grace, then the worker's own bound to commit and leave the group (after
         # which it exits anyway), before the kubelet's SIGKILL; but no endless hang
-        worker_bound = settings.shutdown_grace_s + settings.shutdown_leave_s
-        assert worker_bound < pod_grace <= settings.shutdown_grace_s + 120, stage
+        worker_bound = settings.runtime.shutdown_grace_s + settings.runtime.shutdown_leave_s
+        assert worker_bound < pod_grace <= settings.runtime.shutdown_grace_s + 120, stage
 
 
 def test_env_from_refers_to_objects_that_exist() -> None:
@@ -306,9 +309,9 @@ def test_a_misspelt_setting_is_caught() -> None:
 
 def test_configmap_values_are_valid_settings(settings_from: Any) -> None:
     settings = settings_from(configmap_env())
-    assert settings.health_port == int(configmap_env()["SINGTOME_HEALTH_PORT"]) > 0
-    assert str(settings.model_dir) == "/models"
-    assert settings.topic_replication >= 3, "production topics are replicated"
+    assert settings.runtime.health_port == int(configmap_env()["SINGTOME_HEALTH_PORT"]) > 0
+    assert str(settings.models.dir) == "/models"
+    assert settings.broker.topic_replication >= 3, "production topics are replicated"
 
 
 def test_the_models_volume_is_mounted_read_only_where_settings_look() -> None:
@@ -336,13 +339,18 @@ def test_a_scaled_object_per_stage_on_its_group_lag(settings_from: Any) -> None:
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
         assert meta["consumerGroup"] == group_id(stage, settings)
-        assert meta["topic"] == physical(topics.consumes, settings.topic_prefix)
+        assert meta["topic"] == physical(topics.consumes, settings.broker.topic_prefix)
         assert meta["bootstrapServers"] == bootstrap_servers(settings)
         assert int(meta["lagThreshold"]) >= 1
         # the workers start a new group at the earliest offset; so must the lag count
         assert meta["offsetResetPolicy"] == "earliest"
         # a partition feeds one consumer of a group: more replicas than partitions would idle
-        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.topic_partitions
+        assert (
+            0
+            <= spec["minReplicaCount"]
+            <= spec["maxReplicaCount"]
+            <= settings.broker.topic_partitions
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,9 +458,9 @@ def test_compose_healthchecks_hit_health_on_the_health_port(settings_from: Any) 
     for name, (_, service) in worker_services(compose()).items():
         settings = settings_from(service["environment"])
         check = " ".join(service["healthcheck"]["test"])
-        assert f":{settings.health_port}/health" in check, name
+        assert f":{settings.runtime.health_port}/health" in check, name
         grace = float(service["stop_grace_period"].rstrip("s"))
-        assert settings.shutdown_grace_s + settings.shutdown_leave_s < grace, name
+        assert settings.runtime.shutdown_grace_s + settings.runtime.shutdown_leave_s < grace, name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,11 +471,12 @@ def test_compose_healthchecks_hit_health_on_the_health_port(settings_from: Any) 
 def test_health_binds_loopback_by_default_and_all_interfaces_in_containers(
     settings_from: Any,
 ) -> None:
-    assert settings_from({}).health_host == "127.0.0.1"
+    assert settings_from({}).runtime.health_host == "127.0.0.1"
     for stage in STAGES:
-        assert settings_from(container_env(deployment(stage))).health_host == "0.0.0.0", stage
+        env = container_env(deployment(stage))
+        assert settings_from(env).runtime.health_host == "0.0.0.0", stage
     for name, (_, service) in worker_services(compose()).items():
-        assert settings_from(service["environment"]).health_host == "0.0.0.0", name
+        assert settings_from(service["environment"]).runtime.health_host == "0.0.0.0", name
     _, stages = parse_dockerfile(DOCKERFILE)
     assert stages["worker"].env["SINGTOME_HEALTH_HOST"] == "0.0.0.0"
 
@@ -838,6 +847,6 @@ def test_the_configmap_finds_the_models_where_models_pull_puts_them(
         path = entry.local_path(tmp_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        expected[setting] = path.parent if setting == "pretrained_dir" else path
+        expected[setting] = path.parent if setting == "models.pretrained_dir" else path
     settings = settings_from({**configmap_env(), "SINGTOME_MODEL_DIR": str(tmp_path)})
-    assert {name: getattr(settings, name) for name in PULLED_DEFAULTS} == expected
+    assert {name: attrgetter(name)(settings) for name in PULLED_DEFAULTS} == expected

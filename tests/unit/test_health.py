@@ -10,7 +10,7 @@ from streams.settings import Settings
 from streams.worker import WorkerState, health_report, job_budget_s
 
 NOW = 10_000.0
-SETTINGS = Settings(health_stale_s=30, stage_timeout_s=60)
+SETTINGS = Settings(runtime={"health_stale_s": 30, "stage_timeout_s": 60})
 
 
 def healthy() -> WorkerState:
@@ -103,11 +103,13 @@ def test_a_long_job_in_hand_is_healthy_while_the_fetch_loop_waits() -> None:
     state.job_in_hand = "long-1"
     state.job_started = NOW - 3000
     state.last_fetch = NOW - 3000
-    assert health_report(state, Settings(stage_timeout_s=3600), NOW) == (True, [])
+    assert health_report(state, Settings(runtime={"stage_timeout_s": 3600}), NOW) == (True, [])
 
 
 def test_the_job_budget_covers_every_bounded_step() -> None:
-    settings = Settings(stage_timeout_s=100, transient_retries=2, send_retries=1)
+    settings = Settings(
+        runtime={"stage_timeout_s": 100, "transient_retries": 2}, broker={"send_retries": 1}
+    )
     budget = job_budget_s(settings)
-    assert budget >= 3 * settings.stage_timeout_s + 2 * settings.retry_backoff_max_s
-    assert budget >= 3 * 2 * settings.send_timeout_s
+    assert budget >= 3 * settings.runtime.stage_timeout_s + 2 * settings.runtime.retry_backoff_max_s
+    assert budget >= 3 * 2 * settings.broker.send_timeout_s

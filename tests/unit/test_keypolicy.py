@@ -99,7 +99,10 @@ def test_normal_form_is_checked_before_the_namespace() -> None:
 
 def test_shared_model_prefixes_and_the_upload_pattern_are_settings() -> None:
     policy = _policy(
-        shared_model_prefixes=["models/shared/"], upload_prefix="tenants/acme/in/{job_id}/"
+        storage={
+            "shared_model_prefixes": ["models/shared/"],
+            "upload_prefix": "tenants/acme/in/{job_id}/",
+        }
     )
     assert _code(policy, "models/shared/singer.pth") is None
     assert _code(policy, "models/sharedx/singer.pth") == "forbidden_key"
@@ -115,13 +118,13 @@ def test_shared_model_prefixes_and_the_upload_pattern_are_settings() -> None:
 )  # fmt: skip
 def test_an_upload_pattern_that_could_leak_is_refused(pattern: str) -> None:
     with pytest.raises(ValidationError):
-        Settings(upload_prefix=pattern)
+        Settings(storage={"upload_prefix": pattern})
 
 
 @pytest.mark.parametrize("prefix", ["", "models", "/models/", "../models/", "models//x/"])
 def test_a_shared_prefix_must_be_a_normal_prefix(prefix: str) -> None:
     with pytest.raises(ValidationError):
-        Settings(shared_model_prefixes=[prefix])
+        Settings(storage={"shared_model_prefixes": [prefix]})
 
 
 def test_every_key_field_of_every_event_is_named() -> None:

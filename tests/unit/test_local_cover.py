@@ -16,6 +16,7 @@ from foundation.errors import StageError
 from frontends.demo import make_demo_inputs
 from frontends.local import run_cover
 from schemas.events import JobOptions
+from streams.client import VoiceSource
 from streams.keys import job_event_key
 from streams.settings import Settings
 from tests.unit.test_trainer_agent import tiny_hubert  # noqa: F401  (a fixture)
@@ -33,9 +34,11 @@ def test_rvc_cover_end_to_end(tmp_path: Path, tiny_hubert: Path) -> None:  # noq
     stages: list[str] = []
     ready, track = run_cover(
         song,
-        settings=Settings(hubert_path=tiny_hubert, train_model_size="tiny", device="cpu"),
+        settings=Settings(
+            models={"hubert_path": tiny_hubert, "device": "cpu"}, trainer={"model_size": "tiny"}
+        ),
         store_dir=tmp_path / "store",
-        voice_dir=voice,
+        voice=VoiceSource(dataset=voice),
         options=options,
         progress=lambda stage, fraction, message: stages.append(stage),
     )
@@ -70,9 +73,9 @@ def test_a_bad_song_is_answered_as_a_worker_answers_it(tmp_path: Path) -> None:
     with pytest.raises(StageError) as caught:
         run_cover(
             song,
-            settings=Settings(hubert_path=None),
+            settings=Settings(models={"hubert_path": None}),
             store_dir=tmp_path / "store",
-            voice_dir=voice,
+            voice=VoiceSource(dataset=voice),
             job_id="bad-song",
             progress=lambda stage, fraction, message: heard.append((stage, fraction)),
         )
@@ -100,7 +103,12 @@ def test_a_stage_crash_is_an_internal_error_not_a_traceback(
     monkeypatch.setattr(agents.separator.agent, "handle", crashes)
     song, voice = _bad_inputs(tmp_path)
     with pytest.raises(StageError) as caught:
-        run_cover(song, settings=Settings(), store_dir=tmp_path / "store", voice_dir=voice)
+        run_cover(
+            song,
+            settings=Settings(),
+            store_dir=tmp_path / "store",
+            voice=VoiceSource(dataset=voice),
+        )
     assert caught.value.code == "internal_error" and "a bug in the stage" in caught.value.message
 
 
@@ -128,3 +136,15 @@ def test_the_one_process_cover_imports_no_faust() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split()[0] == "4"
+
+
+def test_a_voice_path_is_a_dataset_folder_or_a_model_file(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    folder, model, index = tmp_path / "voice", tmp_path / "alice.pth", tmp_path / "alice.index"
+    folder.mkdir()
+    model.write_bytes(b"x")
+    assert VoiceSource.from_path(folder) == VoiceSource(dataset=folder)
+    assert VoiceSource.from_path(model, index) == VoiceSource(model=model, index=index)
+    with pytest.raises(ValidationError, match="not both"):
+        VoiceSource(dataset=folder, model=model)

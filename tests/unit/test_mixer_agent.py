@@ -108,7 +108,7 @@ def vocals_converted(fmt: str = "mp3", backing: bool = True) -> VocalsConverted:
 def context(store: LocalStore, tmp_path: Path, name: str, force: bool = False) -> StageContext:
     return StageContext(
         stage="mixer",
-        settings=Settings(presign_expiry_s=3600),
+        settings=Settings(storage={"presign_expiry_s": 3600}),
         store=store,
         workdir=tmp_path / name,
         force=force,
@@ -181,7 +181,9 @@ def test_a_replay_after_a_code_version_bump_mixes_a_new_track(
 
     def at(version: str, name: str) -> StageContext:
         ctx = context(store, tmp_path, name)
-        ctx.settings = Settings(presign_expiry_s=3600, code_version=version)
+        ctx.settings = Settings(
+            storage={"presign_expiry_s": 3600}, runtime={"code_version": version}
+        )
         return ctx
 
     mixes: list[int] = []

@@ -458,6 +458,17 @@ def test_builtin_manifest_covers_the_rvc_files_with_publisher_checksums() -> Non
             assert entry.relative_path == f"rvc/pretrained_v2/f0{net}{rate}.pth"
 
 
+def test_an_entry_names_its_setting_by_path_and_a_bare_field_still_works() -> None:
+    from streams.settings import PULLED_DEFAULTS
+
+    builtin = {e.setting for e in load_manifest(None, separation=False) if e.setting}
+    assert builtin == set(PULLED_DEFAULTS)
+    common = {"kind": "other", "url": "https://example.org/x.pt", "licence": "test"}
+    for written in ("hubert_path", "models.hubert_path"):
+        entry = ModelEntry(name="x.pt", setting=written, **common)  # type: ignore[arg-type]
+        assert entry.setting == "models.hubert_path"
+
+
 def test_separation_models_come_from_audio_separators_own_lists() -> None:
     import importlib.util
 
@@ -509,25 +520,27 @@ def test_settings_default_to_the_pulled_files(
     models = tmp_path / "models"
     for name in ("SINGTOME_HUBERT_PATH", "SINGTOME_RMVPE_PATH", "SINGTOME_PRETRAINED_DIR"):
         monkeypatch.delenv(name, raising=False)
-    bare = Settings(model_dir=models)
+    bare = Settings(models={"dir": models}).models
     assert bare.hubert_path is None and bare.rmvpe_path is None and bare.pretrained_dir is None
     assert voice_kind(bare) == "world"
     # a half download sits aside and is never taken for the model
     part = models / PARTIAL_DIR / "rvc" / "hubert_base.pt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"half")
-    assert Settings(model_dir=models).hubert_path is None
+    assert Settings(models={"dir": models}).models.hubert_path is None
     (models / "rvc" / "pretrained_v2").mkdir(parents=True)
     (models / "rvc" / "contentvec").mkdir()
     (models / "rvc" / "contentvec" / "pytorch_model.bin").write_bytes(b"cv")
-    assert Settings(model_dir=models).hubert_path == models / "rvc/contentvec/pytorch_model.bin"
+    encoder = Settings(models={"dir": models}).models.hubert_path
+    assert encoder == models / "rvc/contentvec/pytorch_model.bin"
     for name in ("hubert_base.pt", "rmvpe.pt", "pretrained_v2/f0G40k.pth"):
         (models / "rvc" / name).write_bytes(b"x")
-    found = Settings(model_dir=models)
+    found = Settings(models={"dir": models}).models
     assert found.hubert_path == models / "rvc" / "hubert_base.pt"  # RVC's own encoder first
     assert found.rmvpe_path == models / "rvc" / "rmvpe.pt"
     assert found.pretrained_dir == models / "rvc" / "pretrained_v2"
     assert voice_kind(found) == "rvc"
     monkeypatch.setenv("SINGTOME_HUBERT_PATH", str(tmp_path / "mine.pt"))
-    assert Settings(model_dir=models).hubert_path == tmp_path / "mine.pt"  # a variable wins
+    chosen = Settings(models={"dir": models}).models.hubert_path
+    assert chosen == tmp_path / "mine.pt"  # a variable wins
     assert os.environ["SINGTOME_MODEL_MIRROR"].startswith("http://127.0.0.1")

@@ -168,7 +168,8 @@ def test_an_abandoned_lock_is_taken_over(tmp_path: Path, monkeypatch: pytest.Mon
     plan = _plan()
     store.put_bytes(plan.lock, b"a worker that died")
     compute = Counting(tmp_path)
-    stored = produce(_ctx(store, tmp_path, stage_timeout_s=1), plan, compute, single_flight=True)
+    ctx = _ctx(store, tmp_path, runtime={"stage_timeout_s": 1})
+    stored = produce(ctx, plan, compute, single_flight=True)
     assert not stored.cache_hit and compute.calls == 1 and not store.exists(plan.lock)
 
 

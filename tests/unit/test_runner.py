@@ -143,7 +143,7 @@ def test_undecodable_events_fail_to_dlq(tmp_path: Path, raw: bytes, code: str, j
 
 
 def test_oversized_event(tmp_path: Path) -> None:
-    runner, _ = _runner(tmp_path, _separated, max_event_bytes=1024)
+    runner, _ = _runner(tmp_path, _separated, broker={"max_event_bytes": 1024})
     event = _event(runner.store)  # type: ignore[arg-type]
     event.options.output.title = "x" * 2000
     outcome = asyncio.run(runner.process(encode(event)))
@@ -187,7 +187,7 @@ def test_transient_errors_are_retried_then_succeed(tmp_path: Path) -> None:
             raise TransientStoreError("S3 503")
         return _separated(event, ctx)
 
-    runner, emitter = _runner(tmp_path, flaky, transient_retries=5)
+    runner, emitter = _runner(tmp_path, flaky, runtime={"transient_retries": 5})
     outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
     assert outcome.status == "done" and len(calls) == 3
     assert emitter.topics() == ["vocals.separated"]
@@ -200,7 +200,7 @@ def test_transient_errors_past_the_bound_fail_retriable(tmp_path: Path) -> None:
         calls.append(1)
         raise TransientError("store_unavailable", "S3 is down")
 
-    runner, _ = _runner(tmp_path, down, transient_retries=2)
+    runner, _ = _runner(tmp_path, down, runtime={"transient_retries": 2})
     outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
     assert outcome.failure and outcome.failure.retriable
     assert outcome.failure.code == "store_unavailable" and outcome.failure.attempt == 3
@@ -214,7 +214,7 @@ def test_stage_timeout_fails_retriable(tmp_path: Path) -> None:
         time.sleep(1.0)
         return _separated(event, ctx)
 
-    runner, _ = _runner(tmp_path, slow, stage_timeout_s=0.2)
+    runner, _ = _runner(tmp_path, slow, runtime={"stage_timeout_s": 0.2})
     outcome = asyncio.run(runner.process(encode(_event(runner.store))))  # type: ignore[arg-type]
     assert outcome.failure and outcome.failure.code == "timeout" and outcome.failure.retriable
 

@@ -98,7 +98,10 @@ def test_an_event_too_large_for_the_broker_goes_to_s3_with_a_reference_in_the_dl
 ) -> None:
     emitter = BrokerEmitter(limit=64 * KIB)
     runner = _runner(
-        tmp_path, _separated, emitter, max_event_bytes=32 * KIB, max_message_bytes=64 * KIB
+        tmp_path,
+        _separated,
+        emitter,
+        broker={"max_event_bytes": 32 * KIB, "max_message_bytes": 64 * KIB},
     )
     raw = _padded_event(200 * KIB)
     outcome = asyncio.run(runner.process(raw, b"big-1", partition=3, offset=17))
@@ -125,7 +128,7 @@ def test_everything_the_broker_refuses_as_too_large_still_ends_in_one_answer(
     # output is refused, so is the DLQ copy (it goes to S3) and the full track.failed, which
     # carries the input's options (a slim one goes out). No refusal is retried.
     emitter = BrokerEmitter(limit=8 * KIB)
-    runner = _runner(tmp_path, _separated, emitter, max_event_bytes=20 * KIB)
+    runner = _runner(tmp_path, _separated, emitter, broker={"max_event_bytes": 20 * KIB})
     raw = _padded_event(12 * KIB)
     outcome = asyncio.run(runner.process(raw, None, partition=0, offset=5))
     assert outcome.status == "failed" and outcome.answered
@@ -149,7 +152,10 @@ def test_an_output_too_large_for_the_broker_is_answered_with_track_failed(
 
     emitter = BrokerEmitter(limit=64 * KIB)
     runner = _runner(
-        tmp_path, huge_output, emitter, max_event_bytes=32 * KIB, max_message_bytes=64 * KIB
+        tmp_path,
+        huge_output,
+        emitter,
+        broker={"max_event_bytes": 32 * KIB, "max_message_bytes": 64 * KIB},
     )
     raw = encode(
         SongUploaded(
@@ -209,7 +215,7 @@ def test_a_stuck_stage_is_answered_at_once_and_its_state_written_beside_it(
         return _separated(event, ctx)
 
     emitter = BrokerEmitter()
-    runner = _runner(tmp_path, stuck, emitter, stage_timeout_s=0.5)
+    runner = _runner(tmp_path, stuck, emitter, runtime={"stage_timeout_s": 0.5})
     event = SongUploaded(
         job_id="stuck-1",
         keys=ObjectKeys(song="uploads/stuck-1/s.wav"),
@@ -267,7 +273,9 @@ def test_faust_emitter_retries_an_unreachable_broker_a_bounded_number_of_times()
     from aiokafka.errors import KafkaConnectionError
 
     topic = _FakeTopic(KafkaConnectionError("connection refused"))
-    settings = Settings(send_retries=3, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+    settings = Settings(
+        broker={"send_retries": 3}, runtime={"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.02}
+    )
     emitter = FaustEmitter(_FakeApp(topic), settings)  # type: ignore[arg-type]
     with pytest.raises(SendError) as caught:
         asyncio.run(emitter.send("track.failed", "job", b"{}"))
@@ -279,7 +287,7 @@ def test_faust_emitter_does_not_retry_a_size_refusal() -> None:
     from aiokafka.errors import MessageSizeTooLargeError
 
     topic = _FakeTopic(MessageSizeTooLargeError("too big"))
-    emitter = FaustEmitter(_FakeApp(topic), Settings(send_retries=5))  # type: ignore[arg-type]
+    emitter = FaustEmitter(_FakeApp(topic), Settings(broker={"send_retries": 5}))  # type: ignore[arg-type]
     with pytest.raises(SendError) as caught:
         asyncio.run(emitter.send("song.uploaded.dlq", "job", b"x"))
     assert topic.calls == 1 and caught.value.too_large and caught.value.permanent
@@ -287,15 +295,15 @@ def test_faust_emitter_does_not_retry_a_size_refusal() -> None:
 
 def test_an_event_limit_above_the_broker_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="MAX_EVENT_BYTES"):
-        Settings(max_event_bytes=2 * 1024 * KIB, max_message_bytes=1024 * KIB)
+        Settings(broker={"max_event_bytes": 2 * 1024 * KIB, "max_message_bytes": 1024 * KIB})
 
 
 def test_one_message_size_limit_for_topics_producers_and_the_worker() -> None:
     from streams.admin import producer_kwargs, topic_configs
     from streams.worker import create_app
 
-    settings = Settings(max_message_bytes=3 * 1024 * KIB, health_port=1)
-    assert int(topic_configs(settings)["max.message.bytes"]) == settings.max_message_bytes
-    assert producer_kwargs(settings)["max_request_size"] == settings.max_message_bytes
+    settings = Settings(broker={"max_message_bytes": 3 * 1024 * KIB}, runtime={"health_port": 1})
+    assert int(topic_configs(settings)["max.message.bytes"]) == settings.broker.max_message_bytes
+    assert producer_kwargs(settings)["max_request_size"] == settings.broker.max_message_bytes
     app, _, _ = create_app("separator", settings, "tests.stages:separator")
-    assert app.conf.producer_max_request_size == settings.max_message_bytes
+    assert app.conf.producer_max_request_size == settings.broker.max_message_bytes

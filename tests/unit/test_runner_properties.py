@@ -120,7 +120,9 @@ class Harness:
             stage.consumes: Runner(
                 stage=stage,
                 handler=getattr(test_stages, name),
-                settings=Settings(max_event_bytes=64 * 1024, transient_retries=0),
+                settings=Settings(
+                    broker={"max_event_bytes": 64 * 1024}, runtime={"transient_retries": 0}
+                ),
                 store=self.store,
                 emitter=self.emitter,
                 sleep=no_sleep,

@@ -129,8 +129,8 @@ def conversions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     settings = Settings()
     fast_voice = prepare_for_inference(
         VoiceModel(synthesizer=twin, sr=TGT_SR, f0=True, version="v2", speaker_count=1),
-        settings.converter_runtime,
-        settings.converter_tile_frames,
+        settings.converter.runtime,
+        settings.converter.tile_frames,
     )
     assert fast_voice.fast is not None
     ours_fast = convert(fast_voice)

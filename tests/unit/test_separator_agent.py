@@ -184,7 +184,9 @@ def test_oversized_upload_is_refused_before_download(
 
     monkeypatch.setattr(store, "get_file", no_download)
     with pytest.raises(StageError) as caught:
-        agent.handle(_event(), _context(store, tmp_path / "w", Settings(max_audio_bytes=1000)))
+        agent.handle(
+            _event(), _context(store, tmp_path / "w", Settings(audio={"max_audio_bytes": 1000}))
+        )
     assert caught.value.code == "audio_too_large"
 
 
@@ -224,7 +226,7 @@ def test_stem_keys_follow_content_and_parameters(song_file: Path, tmp_path: Path
     base = _digest(song_file, SeparationParams("spleeter"), settings, tmp_path)
     assert base == _digest(song_file, SeparationParams("spleeter"), Settings(), tmp_path)
     # The worker default and the same model named explicitly are the same separation.
-    from_options = SeparationParams.from_options(SeparatorOptions(), settings)
+    from_options = SeparationParams.from_options(SeparatorOptions(), settings.separator)
     assert _digest(song_file, from_options, settings, tmp_path) == base
     assert stem_key(base, "vocals") == f"stems/{base}/vocals.flac"
 
@@ -235,8 +237,15 @@ def test_stem_keys_follow_content_and_parameters(song_file: Path, tmp_path: Path
             song_file, SeparationParams("spleeter", denoise_model="dn.pth"), settings, tmp_path
         ),
         _digest(song_file, SeparationParams("spleeter", karaoke_model="k.pth"), settings, tmp_path),
-        _digest(song_file, SeparationParams("spleeter"), Settings(code_version="2"), tmp_path),
-        _digest(song_file, SeparationParams("spleeter"), Settings(separator_chunk_s=20), tmp_path),
+        _digest(
+            song_file,
+            SeparationParams("spleeter"),
+            Settings(runtime={"code_version": "2"}),
+            tmp_path,
+        ),
+        _digest(
+            song_file, SeparationParams("spleeter"), Settings(separator={"chunk_s": 20}), tmp_path
+        ),
     ]
     other_song = tmp_path / "other.mp3"
     other_song.write_bytes(song_file.read_bytes() + b"\0")

@@ -13,7 +13,7 @@ from agents.separator.backends import Stems
 from agents.separator.chunking import FlacStemWriter, WavReader, plan_chunks, run_chunked
 from agents.separator.stage import separate_stream
 from frontends import demo_audio as synth
-from streams.settings import Settings
+from streams.settings import SeparatorSettings
 
 
 def _run_in_memory(
@@ -122,7 +122,7 @@ def test_stream_writes_flac_stems_equal_to_the_input(tmp_path: Path) -> None:
     audio = 0.5 * np.random.default_rng(3).uniform(-1, 1, (3 * 44100 + 17, 2)).astype(np.float32)
     wav = synth.write(tmp_path / "decoded.wav", audio, subtype="FLOAT")
     progress: list[float] = []
-    settings = Settings(separator_chunk_s=1.5, separator_overlap_s=0.25)
+    settings = SeparatorSettings(chunk_s=1.5, overlap_s=0.25)
     stems = separate_stream(
         wav, tmp_path / "out", _identity, settings, lambda f, m: progress.append(f)
     )
@@ -148,7 +148,7 @@ def test_failed_separation_leaves_no_stems(tmp_path: Path) -> None:
             raise RuntimeError("model crashed")
         return {"vocals": block}
 
-    settings = Settings(separator_chunk_s=1.5, separator_overlap_s=0.2)
+    settings = SeparatorSettings(chunk_s=1.5, overlap_s=0.2)
     with pytest.raises(RuntimeError, match="model crashed"):
         separate_stream(wav, tmp_path / "out", breaks_on_second_chunk, settings)
     assert list((tmp_path / "out").iterdir()) == []

@@ -14,7 +14,7 @@ from agents.separator.decode import decode
 from foundation.errors import StageError
 from foundation.levels import loudest_window_dbfs
 from frontends import demo_audio as synth
-from streams.settings import Settings
+from streams.settings import AudioSettings
 
 DURATION_S = 2.0
 
@@ -27,11 +27,11 @@ def source_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth.write(tmp_path_factory.mktemp("src") / "song.wav", synth.mix(vocal, band), 44100)
 
 
-def _settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
+def _settings(**overrides: object) -> AudioSettings:
+    return AudioSettings(**overrides)  # type: ignore[arg-type]
 
 
-def _decode_error(path: Path, tmp_path: Path, settings: Settings | None = None) -> StageError:
+def _decode_error(path: Path, tmp_path: Path, settings: AudioSettings | None = None) -> StageError:
     with pytest.raises(StageError) as caught:
         decode(path, tmp_path / "decoded.wav", settings or _settings())
     return caught.value

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import fast_bss_eval
 import numpy as np
@@ -36,6 +37,11 @@ def _si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(np.mean(fast_bss_eval.si_sdr(reference.T, estimate.T)))
 
 
+def groups(settings: Settings) -> dict[str, Any]:
+    """The groups separate() takes besides the separator's own."""
+    return {"models": settings.models, "audio": settings.audio}
+
+
 def _read(path: Path) -> np.ndarray:
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     assert rate == 44100
@@ -62,9 +68,13 @@ def song(tmp_path_factory: pytest.TempPathFactory) -> Song:
 
 @pytest.fixture(scope="module")
 def whole_song_stems(song: Song, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    settings = Settings(separator_chunk_s=30.0, separator_overlap_s=2.0)
+    settings = Settings(separator={"chunk_s": 30.0, "overlap_s": 2.0})
     result = separate(
-        song.path, tmp_path_factory.mktemp("whole"), SeparationParams("spleeter"), settings
+        song.path,
+        tmp_path_factory.mktemp("whole"),
+        SeparationParams("spleeter"),
+        settings.separator,
+        **groups(settings),
     )
     assert result.model == "spleeter"
     assert result.sample_rate == 44100
@@ -88,14 +98,15 @@ def test_spleeter_separates_a_synthetic_mix(song: Song, whole_song_stems: dict[s
 def test_chunked_run_matches_the_whole_song_run(
     song: Song, whole_song_stems: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = Settings(separator_chunk_s=3.0, separator_overlap_s=0.5)
+    settings = Settings(separator={"chunk_s": 3.0, "overlap_s": 0.5})
     progress: list[tuple[float, str]] = []
     result = separate(
         song.path,
         tmp_path,
         SeparationParams("spleeter"),
-        settings,
+        settings.separator,
         lambda f, m: progress.append((f, m)),
+        **groups(settings),
     )
     chunked = _read(result.stems["vocals"])
     whole = _read(whole_song_stems["vocals"])
@@ -111,10 +122,11 @@ def test_a_cappella_passes_the_song_through(tmp_path: Path) -> None:
     vocal, _ = synth.sung_vocal(2.0, sr=22050, seed=8)
     path = synth.write(tmp_path / "acappella.wav", vocal, 22050, subtype="PCM_16")
     params = SeparationParams("spleeter", skip=True)
-    result = separate(path, tmp_path / "stems", params, Settings())
+    settings = Settings()
+    result = separate(path, tmp_path / "stems", params, settings.separator, **groups(settings))
     assert result.model == "a_cappella"
     assert set(result.stems) == {"vocals", "accompaniment"}
-    expected = _read(decode(path, tmp_path / "reference.wav", Settings()).path)
+    expected = _read(decode(path, tmp_path / "reference.wav", settings.audio).path)
     vocals = _read(result.stems["vocals"])
     assert vocals.shape == expected.shape == (44100 * 2, 2)
     assert np.max(np.abs(vocals - expected)) < 2**-22
@@ -124,10 +136,14 @@ def test_a_cappella_passes_the_song_through(tmp_path: Path) -> None:
 
 
 def test_missing_uvr_model_names_the_file_and_directory(song: Song, tmp_path: Path) -> None:
-    settings = Settings(model_dir=tmp_path / "models")
+    settings = Settings(models={"dir": tmp_path / "models"})
     with pytest.raises(StageError) as caught:
         separate(
-            song.path, tmp_path / "out", SeparationParams("UVR-MDX-NET-Inst_HQ_3.onnx"), settings
+            song.path,
+            tmp_path / "out",
+            SeparationParams("UVR-MDX-NET-Inst_HQ_3.onnx"),
+            settings.separator,
+            **groups(settings),
         )
     assert caught.value.code == "model_not_found"
     assert "UVR-MDX-NET-Inst_HQ_3.onnx" in caught.value.message
@@ -135,15 +151,17 @@ def test_missing_uvr_model_names_the_file_and_directory(song: Song, tmp_path: Pa
 
 
 def test_unknown_model_name_is_refused(song: Song, tmp_path: Path) -> None:
+    settings, params = Settings(), SeparationParams("best-model-ever")
     with pytest.raises(StageError) as caught:
-        separate(song.path, tmp_path, SeparationParams("best-model-ever"), Settings())
+        separate(song.path, tmp_path, params, settings.separator, **groups(settings))
     assert caught.value.code == "model_not_found"
 
 
 def test_chain_steps_need_uvr_models(song: Song, tmp_path: Path) -> None:
     params = SeparationParams("spleeter", denoise_model="spleeter")
+    settings = Settings()
     with pytest.raises(StageError) as caught:
-        separate(song.path, tmp_path, params, Settings())
+        separate(song.path, tmp_path, params, settings.separator, **groups(settings))
     assert caught.value.code == "invalid_model"
 
 
@@ -293,10 +311,10 @@ def test_uvr_denoise_chain_end_to_end(
     vocal, _ = synth.sung_vocal(2.0, seed=9)
     hiss = 0.02 * np.random.default_rng(9).standard_normal(len(vocal)).astype(np.float32)
     path = synth.write(tmp_path / "noisy_vocal.wav", vocal + hiss)
-    settings = Settings(model_dir=uvr_model_dir)
+    settings = Settings(models={"dir": uvr_model_dir})
     params = SeparationParams("spleeter", skip=True, denoise_model="UVR-DeNoise-Lite.pth")
     try:
-        result = separate(path, tmp_path / "stems", params, settings)
+        result = separate(path, tmp_path / "stems", params, settings.separator, **groups(settings))
     finally:
         clear_cache()
     assert result.model == "a_cappella + denoise:UVR-DeNoise-Lite.pth"

@@ -76,7 +76,7 @@ def test_world_voice_is_trained_once_then_reused(
     tmp_path: Path, takes: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalStore(tmp_path / "store")
-    settings = Settings(hubert_path=None)
+    settings = Settings(models={"hubert_path": None})
     calls = _count_training(monkeypatch)
     files = {"a.wav": takes[0], "b.wav": takes[1]}
     first = handle(_event(store, "j1", files), _ctx(tmp_path, settings, store))
@@ -94,7 +94,7 @@ def test_world_voice_is_trained_once_then_reused(
 
 def test_bad_datasets_are_named(tmp_path: Path, takes: list[bytes]) -> None:
     store = LocalStore(tmp_path / "store")
-    settings = Settings(hubert_path=None)
+    settings = Settings(models={"hubert_path": None})
     with pytest.raises(StageError) as empty:
         handle(_event(store, "none", {"notes.txt": b"hello"}), _ctx(tmp_path, settings, store))
     assert empty.value.code == "dataset_empty"
@@ -105,7 +105,7 @@ def test_bad_datasets_are_named(tmp_path: Path, takes: list[bytes]) -> None:
     with pytest.raises(StageError) as too_short:
         handle(_event(store, "short", short), _ctx(tmp_path, settings, store))
     assert too_short.value.code == "dataset_too_short"
-    many = Settings(hubert_path=None, max_dataset_files=1)
+    many = Settings(models={"hubert_path": None}, audio={"max_dataset_files": 1})
     with pytest.raises(StageError) as too_many:
         handle(
             _event(store, "many", {"a.wav": takes[0], "b.wav": takes[1]}),
@@ -124,7 +124,9 @@ def test_one_corrupt_file_among_good_ones_is_skipped_and_reported(
 ) -> None:
     store = LocalStore(tmp_path / "store")
     files = {"a.wav": takes[0], "b.wav": takes[1], "broken.mp3": b"ID3 but nothing else"}
-    out = handle(_event(store, "j", files), _ctx(tmp_path, Settings(hubert_path=None), store))
+    out = handle(
+        _event(store, "j", files), _ctx(tmp_path, Settings(models={"hubert_path": None}), store)
+    )
     assert out.voice_kind == "world" and out.metrics["skipped_files"] == 1.0
 
 
@@ -132,7 +134,7 @@ def test_a_held_lock_waits_for_the_other_worker(
     tmp_path: Path, takes: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalStore(tmp_path / "store")
-    settings = Settings(hubert_path=None)
+    settings = Settings(models={"hubert_path": None})
     event = _event(store, "j", {"a.wav": takes[0], "b.wav": takes[1]})
     ctx = _ctx(tmp_path, settings, store)
     files = trainer_agent._dataset_files(event, ctx)
@@ -167,7 +169,9 @@ def test_rvc_voice_model_and_index_with_a_content_encoder(
     from agents.voice.index import load_index
 
     store = LocalStore(tmp_path / "store")
-    settings = Settings(hubert_path=tiny_hubert, train_model_size="tiny", device="cpu")
+    settings = Settings(
+        models={"hubert_path": tiny_hubert, "device": "cpu"}, trainer={"model_size": "tiny"}
+    )
     event = _event(store, "rvc", {"a.wav": takes[0], "b.wav": takes[1]})
     event.options.voice.epochs = 1
     event.options.voice.f0_method = "harvest"
