@@ -191,18 +191,28 @@ class Trainer:
         self.scaler.scale(loss_disc).backward()
         self.scaler.step(self.optim_d)
 
-        # Generator: reconstruct the mel, match the prior, fool the discriminator.
-        with self._autocast():
-            _, fake_logits, real_maps, fake_maps = self.net_d(real_wave, out.audio)
-            with torch.autocast(self.device.type, enabled=False):
-                mel_l1 = F.l1_loss(real_mel, fake_mel)
-                loss_mel = mel_l1 * hp.c_mel
-                loss_kl = kl_loss(out.z_p, out.logs_q, out.m_p, out.logs_p, out.z_mask) * hp.c_kl
-                loss_fm = feature_loss(real_maps, fake_maps)
-                loss_gen, _ = generator_loss(fake_logits)
-                loss_total = loss_gen + loss_fm + loss_mel + loss_kl
-        self.optim_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_total).backward()
+        # Generator: reconstruct the mel, match the prior, fool the discriminator. The
+        # discriminator's weights take no gradient here: what this loss would give them is
+        # discarded (optim_d.zero_grad comes before their next use), so the backward pass only
+        # carries the gradient through the discriminator to the generated audio, and its real
+        # branch keeps no graph. Same updates; a v2 48k step (batch 4, CPU) 11.8 -> 10.8 s.
+        self.net_d.requires_grad_(False)
+        try:
+            with self._autocast():
+                _, fake_logits, real_maps, fake_maps = self.net_d(real_wave, out.audio)
+                with torch.autocast(self.device.type, enabled=False):
+                    mel_l1 = F.l1_loss(real_mel, fake_mel)
+                    loss_mel = mel_l1 * hp.c_mel
+                    loss_kl = (
+                        kl_loss(out.z_p, out.logs_q, out.m_p, out.logs_p, out.z_mask) * hp.c_kl
+                    )
+                    loss_fm = feature_loss(real_maps, fake_maps)
+                    loss_gen, _ = generator_loss(fake_logits)
+                    loss_total = loss_gen + loss_fm + loss_mel + loss_kl
+            self.optim_g.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_total).backward()
+        finally:
+            self.net_d.requires_grad_(True)
         self.scaler.step(self.optim_g)
         self.scaler.update()
         return {

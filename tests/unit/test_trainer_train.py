@@ -12,7 +12,7 @@ import torch
 
 from agents.trainer.data import VoiceDataset, collate
 from agents.trainer.losses import discriminator_loss, generator_loss, kl_loss
-from agents.trainer.train import TrainConfig, train_model
+from agents.trainer.train import TrainConfig, build_trainer, train_model
 from agents.voice.checkpoint import load_voice_model, training_checkpoints
 from agents.voice.configs import get_config
 from foundation.errors import StageError
@@ -100,6 +100,35 @@ def test_losses_reward_the_right_side() -> None:
     # identical distributions at the mean: KL estimate is 0; a wider posterior scores lower
     assert kl_loss(m, m, m, m, mask).item() == pytest.approx(-0.5 * 4)
     assert kl_loss(m, m + 0.5, m, m, mask).item() < kl_loss(m, m, m, m, mask).item()
+
+
+def test_the_generator_step_gives_the_discriminator_no_gradient(tmp_path: Path) -> None:
+    """The discriminator's gradients after a step are those of its own loss: the generator's
+    backward pass goes through it to the generated audio and adds nothing to its weights (what it
+    would add is discarded anyway), and its weights still take gradients afterwards."""
+    config = get_config("v2", "40k", "tiny")
+    trainer = build_trainer(
+        config, TrainConfig(version="v2", model_size="tiny"), torch.device("cpu")
+    )
+    segment = config.synthesizer.segment_frames
+    dataset = VoiceDataset(make_exp_dir(tmp_path), config.audio, "v2", True, segment)
+    batch = collate([dataset[0], dataset[1]], hop_length=HOP, min_frames=segment)
+    at_update: dict[str, torch.Tensor] = {}
+    step_d = trainer.optim_d.step
+
+    def snapshot_then_step(*args: object, **kwargs: object) -> object:
+        for name, parameter in trainer.net_d.named_parameters():
+            assert parameter.grad is not None, name
+            at_update[name] = parameter.grad.clone()
+        return step_d(*args, **kwargs)
+
+    trainer.optim_d.step = snapshot_then_step  # type: ignore[method-assign]
+    for _ in range(2):
+        trainer.step(batch)
+        for name, parameter in trainer.net_d.named_parameters():
+            assert parameter.requires_grad, name
+            assert parameter.grad is not None and torch.equal(parameter.grad, at_update[name]), name
+    assert all(p.grad is not None for p in trainer.net_g.parameters() if p.requires_grad)
 
 
 def test_training_lowers_mel_loss_and_exports_a_model(tmp_path: Path) -> None:
